@@ -1,0 +1,1 @@
+"""Reporting: the paper's numbers as data, tables and figures beside ours."""
