@@ -103,7 +103,7 @@ def crop_mean(mean: Optional[np.ndarray], crop: int) -> np.ndarray:
       subtracts the centre 227 crop of the 256 mean from warped regions).
 
   Returns:
-    float32 [crop, crop, 3] BGR.
+    float32 [crop, crop, 3] BGR, a read-only view (cheap enough per region).
 
   Raises:
     ValueError: a mean image smaller than the crop, or a bad shape.
@@ -112,7 +112,7 @@ def crop_mean(mean: Optional[np.ndarray], crop: int) -> np.ndarray:
     mean = IMAGENET_MEAN_BGR
   mean = np.asarray(mean, np.float32)
   if mean.shape == (3,):
-    return np.broadcast_to(mean, (crop, crop, 3)).copy()
+    return np.broadcast_to(mean, (crop, crop, 3))
   if mean.ndim != 3 or mean.shape[2] != 3 or min(mean.shape[:2]) < crop:
     raise ValueError(f'mean must be [3] or [S, S, 3] with S >= {crop}, got '
                      f'shape {mean.shape}')

@@ -151,18 +151,19 @@ def warp_region(image_rgb: np.ndarray, box: np.ndarray, size: int = 227,
   """
   geometry = warp_geometry(box, image_rgb.shape[:2], size, context)
   x1, y1, x2, y2 = geometry.clipped[0]
-  crop_w, crop_h = geometry.crop_size[0]
-  pad_x, pad_y = geometry.pad[0]
-  part = np.ascontiguousarray(image_rgb[y1 - 1:y2, x1 - 1:x2, ::-1],
-                              np.float32)  # [h, w, 3] BGR
-  canvas = np.zeros((size, size, 3), np.float32)
-  valid = np.zeros((size, size, 1), bool)
-  canvas[pad_y:pad_y + crop_h, pad_x:pad_x + crop_w] = cv2.resize(
-      part, (int(crop_w), int(crop_h)), interpolation=cv2.INTER_LINEAR)
-  valid[pad_y:pad_y + crop_h, pad_x:pad_x + crop_w] = True
+  crop_w, crop_h = (int(v) for v in geometry.crop_size[0])
+  pad_x, pad_y = (int(v) for v in geometry.pad[0])
+  part = cv2.cvtColor(image_rgb[y1 - 1:y2, x1 - 1:x2],
+                      cv2.COLOR_RGB2BGR).astype(np.float32)  # [h, w, 3] BGR
+  resized = cv2.resize(part, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
   if mirror:
-    canvas, valid = canvas[:, ::-1], valid[:, ::-1]
-  return np.where(valid, canvas - preprocess.crop_mean(mean, size), 0.0)
+    resized = resized[:, ::-1]
+    pad_x = size - pad_x - crop_w
+  rows, cols = slice(pad_y, pad_y + crop_h), slice(pad_x, pad_x + crop_w)
+  canvas = np.zeros((size, size, 3), np.float32)
+  np.subtract(resized, preprocess.crop_mean(mean, size)[rows, cols],
+              out=canvas[rows, cols])
+  return canvas
 
 
 class RegionTaps(NamedTuple):
