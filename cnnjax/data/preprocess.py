@@ -171,7 +171,6 @@ def prefetch(batch_fn: Callable[[int], dict], steps: Iterator[int],
   """
   with concurrent.futures.ThreadPoolExecutor(1) as executor:
     pending = collections.deque()
-    steps = iter(steps)
     try:
       for step in steps:
         pending.append(executor.submit(batch_fn, step))
@@ -231,7 +230,9 @@ class ClassificationBatcher:
                mean: Optional[np.ndarray] = None,
                num_workers: Optional[int] = None, process_index: int = 0,
                process_count: int = 1):
-    """Args:
+    """Fixes the sampling and starts the worker threads.
+
+    Args:
       source: `len` and `__getitem__(i) -> {'image': uint8 [H, W, 3] RGB,
         'label': int}` (e.g. `tfds.data_source(...)`, the demo dataset).
       batch_size: the global batch size (all processes together).
@@ -284,13 +285,16 @@ class ClassificationBatcher:
     batch = self._order(epoch)[start:start + self.batch_size]
     return batch[self.local_slice]
 
-  def _example(self, step: int, position: int, index: int) -> np.ndarray:
-    image = _check_example(index, self.source[index]['image'])
+  def _example(self, step: int, position: int,
+               index: int) -> tuple[np.ndarray, int]:
+    """(network input [crop, crop, 3], label) of one example of batch `step`."""
+    example = self.source[index]  # Decodes: fetch once.
+    image = _check_example(index, example['image'])
     image = to_caffe_input(resize_ignore_aspect(image, self.resize), self.mean)
     if self.train:
       rng = np.random.default_rng([self.seed, 1, step, position])
-      return train_crop(image, rng, self.crop)
-    return center_crop(image, self.crop)
+      return train_crop(image, rng, self.crop), example['label']
+    return center_crop(image, self.crop), example['label']
 
   def batch_at(self, step: int) -> dict:
     """This process's slice of global batch `step`.
@@ -305,8 +309,8 @@ class ClassificationBatcher:
     labels = np.empty((len(indices),), np.int32)
 
     def fill(row: int) -> None:
-      images[row] = self._example(step, positions[row], int(indices[row]))
-      labels[row] = self.source[int(indices[row])]['label']
+      images[row], labels[row] = self._example(step, positions[row],
+                                               int(indices[row]))
 
     list(self._pool.map(fill, range(len(indices))))
     return {'image': images, 'label': labels}
