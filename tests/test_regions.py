@@ -251,3 +251,18 @@ def test_window_sampler(voc_mini_devkit):
   assert set(fg.tolist()) == set(np.flatnonzero(windows.labels > 0).tolist())
   assert 0.45 < np.mean([m for _, m in draws]) < 0.55
   sampler.close()
+
+
+def test_decoded_image_cache_is_lru(voc_mini_devkit):
+  images = voc.load_voc_split(str(voc_mini_devkit), split='trainval')
+  cache = regions.DecodedImageCache(images, capacity=2)
+  first = cache.get(0)
+  np.testing.assert_array_equal(first, images[0].decode())
+  assert cache.get(0) is first
+  cache.get(1)
+  cache.get(0)  # 0 is now the most recent: 1 is evicted by 2, not 0.
+  cache.get(2)
+  assert cache.get(0) is first
+  second = cache.get(1)
+  assert cache.get(1) is second and cache.get(2) is not None
+  assert cache.get(0) is not first  # Evicted by 1 and 2.

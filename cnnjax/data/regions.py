@@ -386,8 +386,12 @@ def build_windows(images: Sequence[VocImage],
                  labels.astype(np.int32), overlaps.astype(np.float32))
 
 
-class _DecodedImageCache:
-  """A small thread-safe LRU of decoded images (windows share images)."""
+class DecodedImageCache:
+  """A small thread-safe LRU of decoded images (windows share images).
+
+  `get(i)` returns `images[i].decode()`, decoding each image once while it
+  stays among the `capacity` most recently used.
+  """
 
   def __init__(self, images: Sequence[VocImage], capacity: int):
     self._images = images
@@ -406,6 +410,10 @@ class _DecodedImageCache:
       while len(self._cache) > self._capacity:
         self._cache.popitem(last=False)
     return decoded
+
+
+# The name feature extraction imported before the cache was public.
+_DecodedImageCache = DecodedImageCache
 
 
 class WindowSampler:
@@ -456,7 +464,7 @@ class WindowSampler:
     if not len(self.fg_windows) or not len(self.bg_windows):
       raise ValueError(f'need foreground and background windows, got '
                        f'{len(self.fg_windows)} and {len(self.bg_windows)}')
-    self._cache = _DecodedImageCache(images, cache_size)
+    self._cache = DecodedImageCache(images, cache_size)
     self._pool = concurrent.futures.ThreadPoolExecutor(
         num_workers or preprocess.default_num_workers())
 
