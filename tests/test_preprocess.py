@@ -1,4 +1,4 @@
-"""Caffe preprocessing and the deterministic batchers, against numpy references."""
+"""Caffe preprocessing and the deterministic batchers vs numpy references."""
 
 import cv2
 import numpy as np
@@ -14,7 +14,8 @@ def test_mean_image_fallback_and_file(tmp_path):
   assert fallback.shape == (256, 256, 3) and fallback.dtype == np.float32
   np.testing.assert_allclose(fallback[17, 200], [104.00698793, 116.66876762,
                                                  122.67891434], rtol=1e-7)
-  chw = np.random.default_rng(0).uniform(0, 255, (3, 256, 256)).astype(np.float32)
+  chw = np.random.default_rng(0).uniform(0, 255, (3, 256, 256))
+  chw = chw.astype(np.float32)
   path = tmp_path / 'mean.npy'
   np.save(path, chw)
   hwc = preprocess.mean_image(str(path))
@@ -175,7 +176,8 @@ def test_batcher_rejects_bad_inputs():
                                      process_count=3)
   with pytest.raises(ValueError, match='mean'):
     preprocess.ClassificationBatcher(_source(), 4, seed=0, train=True,
-                                     resize=RESIZE, mean=np.zeros((256, 256, 3)))
+                                     resize=RESIZE,
+                                     mean=np.zeros((256, 256, 3)))
   grey = [{'image': np.zeros((20, 20), np.uint8), 'label': 0}] * 4
   batcher = preprocess.ClassificationBatcher(grey, 4, seed=0, train=True,
                                              resize=RESIZE, crop=CROP)

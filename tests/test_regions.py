@@ -18,6 +18,11 @@ def _image(seed=0, height=HEIGHT, width=WIDTH):
                                               np.uint8)
 
 
+def _mean_image(seed):
+  rng = np.random.default_rng(seed)
+  return rng.uniform(90, 130, (256, 256, 3)).astype(np.float32)
+
+
 def _loop_iou(a, b):
   out = np.zeros((len(a), len(b)))
   for i, (ax1, ay1, ax2, ay2) in enumerate(a):
@@ -64,11 +69,14 @@ def _reference_warp(image_rgb, box, size, context, mean_crop):
     ey2 = _matlab_round(cy + half_h * scale)
   unclipped_w, unclipped_h = ex2 - ex1 + 1, ey2 - ey1 + 1
   pad_x1, pad_y1 = max(0, 1 - ex1), max(0, 1 - ey1)
-  ex1, ey1, ex2, ey2 = max(1, ex1), max(1, ey1), min(width, ex2), min(height, ey2)
+  ex1, ey1 = max(1, ex1), max(1, ey1)
+  ex2, ey2 = min(width, ex2), min(height, ey2)
   clipped_w, clipped_h = ex2 - ex1 + 1, ey2 - ey1 + 1
   scale_x, scale_y = size / unclipped_w, size / unclipped_h
-  crop_w, crop_h = _matlab_round(clipped_w * scale_x), _matlab_round(clipped_h * scale_y)
-  pad_x, pad_y = _matlab_round(pad_x1 * scale_x), _matlab_round(pad_y1 * scale_y)
+  crop_w = _matlab_round(clipped_w * scale_x)
+  crop_h = _matlab_round(clipped_h * scale_y)
+  pad_x = _matlab_round(pad_x1 * scale_x)
+  pad_y = _matlab_round(pad_y1 * scale_y)
   crop_h, crop_w = min(crop_h, size - pad_y), min(crop_w, size - pad_x)
   window = image_rgb[ey1 - 1:ey2, ex1 - 1:ex2].astype(np.float64)
   out = np.zeros((size, size, 3))
@@ -84,7 +92,8 @@ def _reference_warp(image_rgb, box, size, context, mean_crop):
       c0, c1, fx = taps(ox, clipped_w, crop_w)
       value = ((window[r0, c0] * (1 - fx) + window[r0, c1] * fx) * (1 - fy) +
                (window[r1, c0] * (1 - fx) + window[r1, c1] * fx) * fy)
-      out[pad_y + oy, pad_x + ox] = value[::-1] - mean_crop[pad_y + oy, pad_x + ox]
+      y, x = pad_y + oy, pad_x + ox
+      out[y, x] = value[::-1] - mean_crop[y, x]
   return out
 
 
@@ -104,7 +113,7 @@ def test_spec_example_no_padding():
 
 def test_spec_example_whole_image_padding_and_mean():
   image = _image(1)
-  mean = np.random.default_rng(2).uniform(90, 130, (256, 256, 3)).astype(np.float32)
+  mean = _mean_image(2)
   geometry = regions.warp_geometry([[1, 1, 500, 375]], (HEIGHT, WIDTH))
   np.testing.assert_array_equal(geometry.crop_size, [[195, 194]])
   np.testing.assert_array_equal(geometry.pad, [[16, 16]])
@@ -159,7 +168,7 @@ def test_warp_region_matches_per_pixel_reference():
 
 def test_warp_mirror_flips_image_pixels_not_the_mean():
   image = _image(6)
-  mean = np.random.default_rng(7).uniform(90, 130, (256, 256, 3)).astype(np.float32)
+  mean = _mean_image(7)
   box = np.array([1, 1, 500, 375])
   plain = regions.warp_region(image, box, mean=mean)
   mirrored = regions.warp_region(image, box, mean=mean, mirror=True)

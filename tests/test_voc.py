@@ -13,12 +13,13 @@ from cnnjax.data import voc
 
 
 def _etree_objects(xml_path):
-  """An independent read: (boxes, class indices, difficult) straight from XML."""
+  """An independent read: (boxes, class indices, difficult) from the XML."""
   root = ET.parse(xml_path).getroot()
   boxes, labels, difficult = [], [], []
   for obj in root.iter('object'):
     bb = obj.find('bndbox')
-    boxes.append([int(bb.find(t).text) for t in ('xmin', 'ymin', 'xmax', 'ymax')])
+    boxes.append([int(bb.find(t).text)
+                  for t in ('xmin', 'ymin', 'xmax', 'ymax')])
     labels.append(voc.VOC_CLASSES.index(obj.find('name').text))
     difficult.append(obj.find('difficult').text == '1')
   return boxes, labels, difficult
@@ -27,7 +28,8 @@ def _etree_objects(xml_path):
 def test_class_list_is_devkit_order():
   assert voc.VOC_CLASSES == tuple(
       'aeroplane bicycle bird boat bottle bus car cat chair cow diningtable '
-      'dog horse motorbike person pottedplant sheep sofa train tvmonitor'.split())
+      'dog horse motorbike person pottedplant sheep sofa train tvmonitor'
+      .split())
 
 
 def test_voc_mini_matches_direct_xml_read(voc_mini_devkit):
@@ -71,9 +73,8 @@ def test_cls_labels_voc_mini(voc_mini_devkit):
 
 
 def test_cls_labels_only_difficult_is_zero():
-  image = voc.VocImage('x', 'x.jpg', 10, 10,
-                       boxes=np.array([[1, 1, 5, 5], [2, 2, 6, 6], [1, 1, 9, 9]],
-                                      np.int32),
+  boxes = np.array([[1, 1, 5, 5], [2, 2, 6, 6], [1, 1, 9, 9]], np.int32)
+  image = voc.VocImage('x', 'x.jpg', 10, 10, boxes=boxes,
                        labels=np.array([8, 8, 11], np.int32),
                        difficult=np.array([True, True, False]))
   labels = voc.cls_labels([image])[0]
@@ -120,7 +121,8 @@ def test_errors_name_the_file(tmp_path, voc_mini_devkit):
 
   xml.write_text(original)
   _edit_xml(xml, '<name>chair</name>', '<name>armchair</name>')
-  with pytest.raises(ValueError, match=r"000005.xml.*unknown class name 'armchair'"):
+  with pytest.raises(ValueError,
+                     match=r"000005.xml.*unknown class name 'armchair'"):
     voc.load_voc_split(devkit, split='test')
 
   for old, new in (('<xmax>324</xmax>', '<xmax>501</xmax>'),  # x2 > width
@@ -184,9 +186,9 @@ def test_write_image_sets_devkit_format(tmp_path):
   make('a', [0], [False])
   make('b', [0, 6], [True, False])
   make('c', [6], [False])
-  images = [voc.read_voc_annotation(str(tmp_path / 'Annotations' / f'{i}.xml'),
-                                    i, str(tmp_path / 'JPEGImages' / f'{i}.jpg'))
-            for i in 'abc']
+  images = [voc.read_voc_annotation(
+      str(tmp_path / 'Annotations' / f'{i}.xml'), i,
+      str(tmp_path / 'JPEGImages' / f'{i}.jpg')) for i in 'abc']
   voc.write_image_sets(str(tmp_path), {'trainval': ['a', 'b'], 'test': ['c']},
                        images)
   main = tmp_path / 'ImageSets' / 'Main'

@@ -66,7 +66,7 @@ def write_jpeg(path: str, image_rgb: np.ndarray, quality: int = 95) -> None:
     ValueError: `image_rgb` is not uint8 [H, W, 3].
   """
   image_rgb = np.asarray(image_rgb)
-  if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+  if image_rgb.dtype != np.uint8 or image_rgb.shape[2:] != (3,):
     raise ValueError(f'{path}: expected uint8 [H, W, 3] RGB, got '
                      f'{image_rgb.dtype} {image_rgb.shape}')
   buffer = io.BytesIO()

@@ -279,7 +279,7 @@ class ClassificationBatcher:
     return order
 
   def indices_at(self, step: int) -> np.ndarray:
-    """Source indices of this process's part of batch `step`, int64 [B_local]."""
+    """Source indices of this process's part of batch `step`: [B_local]."""
     epoch, position = divmod(step, self.steps_per_epoch)
     start = position * self.batch_size
     batch = self._order(epoch)[start:start + self.batch_size]

@@ -118,7 +118,8 @@ def warp_geometry(boxes: np.ndarray, image_hw: tuple[int, int],
     half = (boxes[:, 2:] - boxes[:, :2] + 1) / 2  # [N, 2] (w/2, h/2)
     center = boxes[:, :2] + half  # [N, 2]
     expanded = round_half_away(np.concatenate(
-        [center - half * scale, center + half * scale], axis=1)).astype(np.int64)
+        [center - half * scale, center + half * scale], axis=1))
+    expanded = expanded.astype(np.int64)  # [N, 4]
   unclipped = expanded[:, 2:] - expanded[:, :2] + 1  # [N, 2] (w, h)
   pad_before = np.maximum(0, 1 - expanded[:, :2])  # [N, 2]
   clipped = np.concatenate(
@@ -473,7 +474,7 @@ class WindowSampler:
     self._pool.shutdown(wait=False, cancel_futures=True)
 
   def sample(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window indices int64 [B] and mirror flags bool [B] of global batch `step`."""
+    """Window indices [B] and mirror flags bool [B] of global batch `step`."""
     rng = np.random.default_rng([self.seed, step])
     chosen = np.concatenate([
         self.fg_windows[rng.integers(len(self.fg_windows), size=self.num_fg)],
