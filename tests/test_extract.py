@@ -1,4 +1,4 @@
-"""Feature extraction: equals a direct forward, pads/masks, resumes, 1 == 8 devices."""
+"""Extraction: equals a direct forward, pads, resumes, 1 == 8 devices."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Feature store: encodings, sharded reads, streaming, atomic/resumable writes."""
+"""Feature store: encodings, sharded reads, streaming, atomic writes."""
 
 import os
 

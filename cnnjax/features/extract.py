@@ -1,4 +1,4 @@
-"""Feature extraction: any set of CaffeNet blobs, in one jitted data-parallel pass.
+"""Feature extraction: any CaffeNet blobs in one jitted, data-parallel pass.
 
 An example source lists the rows to extract, grouped by image (SPEC 3, 5):
 `whole_images` (each image warped as the box (1, 1, W, H)), `gt_boxes`
@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -323,79 +323,109 @@ def extract_features(params: Union[Any, str],
       'warp_size': warp_size, 'context': context,
       'mean_sha256': _sha256_of_arrays(preprocess.crop_mean(mean, warp_size)),
       'layers': {name: encodings[name] for name in layers},
+      'extra': dict(metadata or {}),
   }
   provenance['config_hash'] = hashlib.sha256(
-      json.dumps(provenance, sort_keys=True).encode()).hexdigest()
+      json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()
   writer = store_lib.FeatureStoreWriter(
       out_dir, {name: (shapes[name], encodings[name]) for name in layers},
-      {**provenance, **(dict(metadata or {}))},
-      num_rows=source.num_rows, shard_rows=shard_rows)
+      provenance, num_rows=source.num_rows, shard_rows=shard_rows)
   todo = sorted(set(range(writer.num_shards)) - set(writer.finished_shards()))
   logging.info('extracting %s for %d %s rows into %s: %d of %d shards to do',
                ', '.join(layers), source.num_rows, source.kind, out_dir,
                len(todo), writer.num_shards)
 
+  # Batches never straddle shards (shard_rows % batch_size == 0).
+  batches = [(k, row, min(row + batch_size, stop))
+             for k in todo for start, stop in [writer.shard_range(k)]
+             for row in range(start, stop, batch_size)]
   forward = _forward_fn(tuple(sorted(model_kwargs.items())), layers, mesh)
   batch_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec('data'))
   device_params = jax.device_put(params, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
-  # Consecutive batches cut one image's boxes into pieces: decode it once.
+  progress = _Progress(f'extract {source.kind}',
+                       sum(stop - row for _, row, stop in batches))
+  shard_buffers: dict[int, dict[str, np.ndarray]] = {}
+  write_pool = concurrent.futures.ThreadPoolExecutor(1)
+  writes: list[concurrent.futures.Future] = []
+
+  def collect(k: int, row: int, row_stop: int, out: Mapping) -> None:
+    """Keeps a finished batch's real rows; hands full shards to the writer."""
+    start, stop = writer.shard_range(k)
+    buffers = shard_buffers.setdefault(k, {
+        name: np.empty((stop - start,) + shapes[name], np.float32)
+        for name in layers})
+    for name in layers:               # padded rows [row_stop - row:] dropped
+      buffers[name][row - start:row_stop - start] = np.asarray(
+          out[name])[:row_stop - row]
+    progress.update(row_stop - row)
+    if row_stop == stop:
+      if writes:
+        writes[-1].result()           # one shard in flight bounds memory
+      writes.append(write_pool.submit(
+          writer.write_shard, k, shard_buffers.pop(k),
+          {name: values[start:stop] for name, values in source.rows.items()}))
+
+  warped = _warped_batches(source, [b[1:] for b in batches], batch_size,
+                           warp_size, context, mean, num_workers)
+  try:
+    in_flight = None
+    for batch, images in zip(batches, warped):
+      out = forward(device_params, jax.make_array_from_process_local_data(
+          batch_sharding, images))     # dispatched: runs while we collect
+      if in_flight is not None:
+        collect(*in_flight)
+      in_flight = (*batch, out)
+    if in_flight is not None:
+      collect(*in_flight)
+    for write in writes:
+      write.result()
+  finally:
+    warped.close()                    # stops the warp threads on errors too
+    write_pool.shutdown()
+  progress.update(0, final=True)
+  return writer.finalize()
+
+
+def _warped_batches(source: ExampleSource, batches: Sequence[tuple[int, int]],
+                    batch_size: int, warp_size: int, context: int,
+                    mean: Optional[np.ndarray],
+                    num_workers: int) -> Iterator[np.ndarray]:
+  """Warped row batches in order, prepared ahead by a thread pool.
+
+  Each batch is zero-padded to `batch_size`; every image of a batch is
+  decoded once (shared with neighbouring batches through a small cache) and
+  its boxes warped in one `warp_regions` call.
+
+  Yields:
+    float32 [batch_size, warp_size, warp_size, 3] per (start, stop) batch.
+  """
   decoded = regions._DecodedImageCache(  # pylint: disable=protected-access
       source.images, capacity=2 * num_workers + 2)
 
   def warp_batch(start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) warped, zero-padded to the batch size."""
     batch = np.zeros((batch_size, warp_size, warp_size, 3), np.float32)
     for image_index, lo, hi in source.segments(start, stop):
+      first = int(source.image_offsets[image_index])
       batch[lo - start:hi - start] = regions.warp_regions(
-          decoded.get(image_index), source.boxes[image_index][
-              lo - source.image_offsets[image_index]:
-              hi - source.image_offsets[image_index]],
+          decoded.get(image_index),
+          source.boxes[image_index][lo - first:hi - first],
           size=warp_size, context=context, mean=mean)
     return batch                                        # [B, S, S, 3]
 
-  def shard_batches(k: int) -> list[tuple[int, int]]:
-    start, stop = writer.shard_range(k)
-    return [(row, min(row + batch_size, stop))
-            for row in range(start, stop, batch_size)]
-
-  batches = [rows for k in todo for rows in shard_batches(k)]
-  progress = _Progress(f'extract {source.kind}',
-                       sum(stop - start for start, stop in batches))
-  warp_pool = concurrent.futures.ThreadPoolExecutor(num_workers)
-  write_pool = concurrent.futures.ThreadPoolExecutor(1)
+  pool = concurrent.futures.ThreadPoolExecutor(num_workers)
   pending: collections.deque = collections.deque()
-  next_batch = iter(batches)
-  write = None
+  todo = iter(batches)
   try:
-    for k in todo:
-      start, stop = writer.shard_range(k)
-      buffers = {name: np.empty((stop - start,) + shapes[name], np.float32)
-                 for name in layers}
-      for row, row_stop in shard_batches(k):
-        while len(pending) < num_workers + 2:
-          rows = next(next_batch, None)
-          if rows is None:
-            break
-          pending.append(warp_pool.submit(warp_batch, *rows))
-        images = jax.make_array_from_process_local_data(
-            batch_sharding, pending.popleft().result())
-        out = forward(device_params, images)
-        n = row_stop - row                     # padded rows are never kept
-        for name in layers:
-          buffers[name][row - start:row_stop - start] = np.asarray(
-              out[name])[:n]
-        progress.update(n)
-      if write is not None:
-        write.result()                   # one shard in flight bounds memory
-      write = write_pool.submit(
-          writer.write_shard, k, buffers,
-          {name: values[start:stop] for name, values in source.rows.items()})
-    if write is not None:
-      write.result()
+    while True:
+      while len(pending) < num_workers + 2:   # bounded lookahead
+        rows = next(todo, None)
+        if rows is None:
+          break
+        pending.append(pool.submit(warp_batch, *rows))
+      if not pending:
+        return
+      yield pending.popleft().result()
   finally:
-    warp_pool.shutdown(cancel_futures=True)
-    write_pool.shutdown()
-  progress.update(0, final=True)
-  return writer.finalize()
+    pool.shutdown(cancel_futures=True)
