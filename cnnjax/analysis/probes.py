@@ -10,10 +10,11 @@ with the bias as an extra, regularised feature of constant value B (so the
 intercept is b = B w_B) and per-example costs C_i = C * pos_weight for
 positives and C for negatives. `fit_linear_svm` solves P such problems over
 the same examples together with liblinear's dual coordinate descent
-(Hsieh et al. 2008, liblinear `solve_l2r_l1l2_svc` without shrinking): one
-jitted pass over a random example order per epoch, each step updating the
-example's dual variable in all P problems at once ([P]-vectorised), until
-every problem meets liblinear's stopping rule max PG - min PG <= tol.
+(Hsieh et al. 2008, liblinear `solve_l2r_l1l2_svc`, shrinking included): one
+jitted pass over a random order of the active examples per epoch, each step
+updating the example's dual variable in all P problems at once
+([P]-vectorised), until every problem meets liblinear's stopping rule
+max PG - min PG <= tol.
 
 Masks keep one compiled solver for every use: `sample_mask` [N, P] takes
 examples out of single problems (mining caches, subsets), `feature_mask`
@@ -187,7 +188,8 @@ def _dual_coordinate_descent(features, targets, upper, feature_mask,
       projected = jnp.where(
           at_lower, jnp.minimum(gradient, 0.0),
           jnp.where(at_upper, jnp.maximum(gradient, 0.0), gradient))
-      projected = jnp.where(live & ~shrink, projected, 0.0)
+      counted = live & ~shrink
+      projected = jnp.where(counted, projected, 0.0)
       update = jnp.abs(projected) > _MIN_PROJECTED_GRADIENT
       a_new = jnp.where(update,
                         jnp.clip(a - gradient / diag[i], 0.0, bound), a)
@@ -197,8 +199,11 @@ def _dual_coordinate_descent(features, targets, upper, feature_mask,
       bias_w = bias_w + step_size * bias_scale
       alpha_new = alpha_new.at[s].set(a_new)
       shrunk_new = shrunk_new.at[s].set(shrink)
-      return (weights, bias_w, alpha_new, shrunk_new,
-              jnp.maximum(pg_max, projected), jnp.minimum(pg_min, projected))
+      # Examples set aside (or outside the problem) take no part in the
+      # stopping rule, as in liblinear.
+      pg_max = jnp.maximum(pg_max, jnp.where(counted, projected, -jnp.inf))
+      pg_min = jnp.minimum(pg_min, jnp.where(counted, projected, jnp.inf))
+      return weights, bias_w, alpha_new, shrunk_new, pg_max, pg_min
 
     init = (weights, bias_w, alpha_start, jnp.zeros_like(in_play_start),
             jnp.full((num_problems,), -jnp.inf),
