@@ -38,7 +38,7 @@ MEAN_FILENAME = 'mean.npy'
 # Protobuf wire types.
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
-# (message field holding the layers, name field, blobs field) per format.
+# NetParameter field holding layers -> (its name field, its blobs field).
 _LAYER_FIELDS = {
     100: (1, 7),  # NetParameter.layer: LayerParameter
     2: (4, 6),    # NetParameter.layers: V1LayerParameter (older files)
