@@ -413,10 +413,6 @@ class DecodedImageCache:
     return decoded
 
 
-# The name feature extraction imported before the cache was public.
-_DecodedImageCache = DecodedImageCache
-
-
 class WindowSampler:
   """R-CNN finetuning batches: fixed foreground fraction, with replacement.
 

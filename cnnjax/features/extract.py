@@ -401,7 +401,7 @@ def _warped_batches(source: ExampleSource, batches: Sequence[tuple[int, int]],
   Yields:
     float32 [batch_size, warp_size, warp_size, 3] per (start, stop) batch.
   """
-  decoded = regions._DecodedImageCache(  # pylint: disable=protected-access
+  decoded = regions.DecodedImageCache(
       source.images, capacity=2 * num_workers + 2)
 
   def warp_batch(start: int, stop: int) -> np.ndarray:
