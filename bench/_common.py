@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts: median-of-runs timing and JSON output."""
+"""Helpers shared by the bench scripts: median-of-runs timing, JSON output."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 r"""CaffeNet throughput: inference, FT and FC-FT train steps, JAX vs PyTorch.
 
-  python bench/bench_caffenet.py                       # batch 32 and 128, 5 runs
-  python bench/bench_caffenet.py --batch-sizes 32 --runs 3   # quick
+  python bench/bench_caffenet.py                      # batch 32 and 128
+  python bench/bench_caffenet.py --batch-sizes 32 --runs 3  # quick
 
 Prints JSON: images/s (median of `--runs` timed runs after one warm-up) for
 the full-width CaffeNet at 227 px in float32 on the default JAX device, for
@@ -228,7 +228,8 @@ def main():
   speed = {(r['framework'], r['mode'], r['batch']): r['images_per_s']
            for r in rows}
   report['jax_over_torch'] = [
-      {'mode': m, 'batch': b, 'ratio': speed['jax', m, b] / speed['torch', m, b]}
+      {'mode': m, 'batch': b,
+       'ratio': speed['jax', m, b] / speed['torch', m, b]}
       for m in modes for b in batch_sizes if ('torch', m, b) in speed]
   report['fcft_over_ft'] = [
       {'framework': f, 'batch': b,

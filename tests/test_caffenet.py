@@ -1,4 +1,4 @@
-"""CaffeNet against a numpy transcription of Caffe, plus focused layer checks."""
+"""CaffeNet against a numpy transcription of Caffe; focused layer checks."""
 
 import caffe_numpy_reference as ref
 import jax
