@@ -135,8 +135,10 @@ def _match_detections(detections: Detections, gt: Sequence[GroundTruth]
     best_iou [D] (-inf where the image has no GT), best_gt [D] (index into the
     concatenation of all GT boxes, -1 if none), all_difficult [G_total].
   """
-  image_index = np.asarray(detections.image_index).reshape(-1)
-  boxes = np.asarray(detections.boxes, np.float64).reshape(-1, 4)
+  image_index, _, boxes = detections
+  image_index = np.asarray(image_index).reshape(-1)
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  gt = [GroundTruth(*g) for g in gt]
   if len(image_index) and (image_index.min() < 0 or
                            image_index.max() >= len(gt)):
     raise ValueError(f'detection image_index outside [0, {len(gt)}): '
@@ -166,8 +168,10 @@ def det_average_precision(detections: Detections, gt: Sequence[GroundTruth],
   """VOC2007 detection AP of one class (VOCevaldet).
 
   Args:
-    detections: (image_index [D], scores [D], boxes [D, 4]).
-    gt: per image, that class's GT boxes and difficult flags.
+    detections: (image_index [D], scores [D], boxes [D, 4]), e.g. a
+      `Detections`.
+    gt: per image, that class's (GT boxes [G, 4], difficult [G]), e.g. a
+      `GroundTruth`.
     iou_threshold: minimum IoU (>=) of a hit.
 
   Returns:
@@ -179,7 +183,7 @@ def det_average_precision(detections: Detections, gt: Sequence[GroundTruth],
     ValueError: an image index outside the GT list.
   """
   best_iou, best_gt, all_difficult = _match_detections(detections, gt)
-  order = np.argsort(-np.asarray(detections.scores, np.float64).reshape(-1),
+  order = np.argsort(-np.asarray(detections[1], np.float64).reshape(-1),
                      kind='stable')
   best_iou, best_gt = best_iou[order], best_gt[order]
   hit = best_iou >= iou_threshold                                   # [D]
