@@ -1,0 +1,420 @@
+"""The one training loop: ImageNet pretraining and every finetuning variant.
+
+A variant is configuration only (configs/imagenet_caffenet.py,
+configs/sun397_finetune.py, configs/pascal_finetune.py): the data kind
+('classification' or R-CNN 'voc_windows'), the optimiser rules (which layers
+train, at which lr/decay multipliers, which are frozen) and the
+initialisation (Caffe's Gaussian init, or a checkpoint with some layers
+dropped and re-initialised).
+
+Data parallel: `jax.jit` over a ('data',) mesh, params and optimiser state
+replicated, every batch sharded along 'data'; the same code runs on CPU with
+fake devices, one GPU, or many hosts (`--distributed` in cnnjax.main).
+
+Deterministic and resumable: batch `s` is a pure function of (seed, s) and
+dropout uses `fold_in(seed, s)`, so a run killed after its step-N checkpoint
+and restarted in the same workdir ends with the same params, bit for bit, as
+an uninterrupted run. Rerunning a finished run with a larger `total_steps`
+continues it (Caffe's step schedule does not depend on the total).
+
+Outputs in the workdir: `checkpoints/` (see cnnjax.checkpoints) and
+`metrics.jsonl`, one JSON object per logged step: train records carry
+`step, loss, top1, grad_norm, lr, images_per_sec`; evaluation records carry
+`step, val_loss, val_top1, val_top5, val_examples`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from absl import logging
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cnnjax import checkpoints
+from cnnjax import optim
+from cnnjax.models import caffenet
+
+Batch = dict[str, np.ndarray]
+# train_data(start_step) -> this process's batches start_step, start_step+1, ...
+TrainData = Callable[[int], Iterator[Batch]]
+# eval_data() -> padded batches with 'image', 'label' and optionally 'mask'.
+EvalData = Callable[[], Iterable[Batch]]
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm stopped being finite."""
+
+
+def make_mesh(devices: Optional[list] = None) -> jax.sharding.Mesh:
+  """A 1-D ('data',) mesh over `devices` (all devices by default)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), devices=devices)
+
+
+def lr_at(optim_config: ml_collections.ConfigDict, step: int) -> float:
+  """Caffe's step-policy learning rate of update `step` (host-side, logging)."""
+  return optim_config.base_lr * optim_config.gamma ** (
+      step // optim_config.stepsize)
+
+
+def rules_from_config(optim_config: ml_collections.ConfigDict) -> optim.Rules:
+  """Config rules (lists once serialised) as `(regex, (lr, decay) | None)`."""
+  return tuple((pattern, None if mults is None else tuple(mults))
+               for pattern, mults in optim_config.rules)
+
+
+def build_model(config: ml_collections.ConfigDict,
+                stop_gradient_after: Optional[str] = None) -> caffenet.CaffeNet:
+  return caffenet.CaffeNet(num_classes=config.model.num_classes,
+                           width=config.model.width,
+                           dropout_rate=config.model.dropout_rate,
+                           stop_gradient_after=stop_gradient_after)
+
+
+def merge_pretrained(fresh: Any, loaded: Any, drop: str = '',
+                     source: str = 'checkpoint') -> Any:
+  """`fresh` params with every leaf not matching `drop` taken from `loaded`.
+
+  Finetuning keeps the pretrained layers and replaces the head: `drop` is a
+  regex over '/'-joined names (e.g. '^fc8/'), and the dropped leaves keep
+  their fresh Caffe initialisation.
+
+  Args:
+    fresh: freshly initialised params of the model being trained.
+    loaded: params restored from `source`.
+    drop: regex of the names to re-initialise; '' drops nothing.
+    source: where `loaded` came from, for error messages.
+
+  Raises:
+    ValueError: a kept leaf missing from `loaded`, of another shape, or a
+      leaf of `loaded` the model does not have; each names the parameter.
+  """
+  dropped = re.compile(drop) if drop else None
+  fresh_flat = flax.traverse_util.flatten_dict(fresh, sep='/')
+  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep='/')
+  merged = {}
+  for name, value in fresh_flat.items():
+    if dropped is not None and dropped.search(name):
+      logging.info('init: %s freshly initialised (init_drop %r)', name, drop)
+      merged[name] = value
+      continue
+    if name not in loaded_flat:
+      raise ValueError(f'{source}: has no parameter {name!r} (add it to '
+                       f'init_drop to initialise it afresh)')
+    if tuple(loaded_flat[name].shape) != tuple(value.shape):
+      raise ValueError(
+          f'{source}: parameter {name!r} has shape '
+          f'{tuple(loaded_flat[name].shape)} but the model needs '
+          f'{tuple(value.shape)} (different width/num_classes? add it to '
+          f'init_drop to initialise it afresh)')
+    merged[name] = jnp.asarray(loaded_flat[name], value.dtype)
+  unused = sorted(name for name in loaded_flat if name not in fresh_flat and
+                  not (dropped is not None and dropped.search(name)))
+  if unused:
+    raise ValueError(f'{source}: parameters {unused} do not exist in the '
+                     f'model (wrong architecture?)')
+  return flax.traverse_util.unflatten_dict(merged, sep='/')
+
+
+def initial_params(config: ml_collections.ConfigDict, model: caffenet.CaffeNet,
+                   image_size: int) -> Any:
+  """Caffe's Gaussian init, or `config.init_from` minus `config.init_drop`."""
+  fresh = caffenet.init_params(model, jax.random.key(config.seed), image_size)
+  if not config.get('init_from'):
+    return fresh
+  step = config.get('init_step')
+  loaded = checkpoints.load_params(config.init_from, step)
+  source = f'{config.init_from} (step {"latest" if step is None else step})'
+  logging.info('init: params from %s', source)
+  return merge_pretrained(fresh, loaded, config.get('init_drop', ''), source)
+
+
+def _xent(logits, labels):
+  # Caffe's SoftmaxWithLoss in float32, whatever the logits' dtype.
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+
+
+def make_train_step(model: caffenet.CaffeNet, tx: optax.GradientTransformation,
+                    frozen: Any, seed: int) -> Callable:
+  """The un-jitted step (params, opt_state, batch, step) -> (..., metrics)."""
+  base_key = jax.random.key(seed)
+
+  def train_step(params, opt_state, batch, step):
+    dropout_key = jax.random.fold_in(base_key, step)
+
+    def loss_fn(p):
+      logits, _ = model.apply({'params': p}, batch['image'], train=True,
+                              rngs={'dropout': dropout_key})  # [B, K]
+      return _xent(logits, batch['label']).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_params = optim.keep_frozen(optax.apply_updates(params, updates),
+                                   params, frozen)
+    metrics = {
+        'loss': loss,
+        'top1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'grad_norm': optax.tree.norm(grads),
+    }
+    return new_params, opt_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: caffenet.CaffeNet) -> Callable:
+  """(params, batch) -> masked sums of loss, top-1 and top-5 hits, count."""
+
+  def eval_step(params, batch):
+    logits, _ = model.apply({'params': params}, batch['image'], train=False)
+    labels = batch['label']                                   # [B]
+    mask = batch.get('mask', jnp.ones(labels.shape, bool)).astype(jnp.float32)
+    top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # [B, 5]
+    return {
+        'loss': jnp.sum(mask * _xent(logits, labels)),
+        'top1': jnp.sum(mask * (top_k[:, 0] == labels)),
+        'top5': jnp.sum(mask * jnp.any(top_k == labels[:, None], axis=-1)),
+        'count': jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def _put_batch(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict:
+  """This process's rows of the global batch -> global arrays on the mesh."""
+  return {key: jax.make_array_from_process_local_data(sharding,
+                                                      np.asarray(value))
+          for key, value in batch.items()}
+
+
+def _check_divisible(batch_size: int, mesh: jax.sharding.Mesh, key: str):
+  if batch_size % mesh.size:
+    raise ValueError(f'config {key}={batch_size} is not divisible by the '
+                     f'{mesh.size} devices of the data mesh')
+
+
+class _MetricsLog:
+  """metrics.jsonl in the workdir, trimmed to `start_step` on (re)start.
+
+  A run killed after its last checkpoint logged steps it will redo; they are
+  dropped so the file reads as one run.
+  """
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = enabled
+    if not enabled:
+      return
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f
+                if line.strip() and json.loads(line)['step'] <= start_step]
+    tmp = f'{self.path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, record: dict) -> None:
+    if self.enabled:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _json_safe(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def evaluate(eval_step: Callable, params: Any, eval_data: EvalData,
+             sharding: jax.sharding.NamedSharding) -> dict[str, float]:
+  """Top-1/top-5 and loss over every (padded, masked) evaluation batch."""
+  totals = None
+  for batch in eval_data():
+    sums = jax.device_get(eval_step(params, _put_batch(batch, sharding)))
+    totals = sums if totals is None else jax.tree_util.tree_map(
+        np.add, totals, sums)
+  if totals is None or totals['count'] == 0:
+    raise ValueError('evaluation data yielded no examples')
+  count = float(totals['count'])
+  return {'val_loss': float(totals['loss']) / count,
+          'val_top1': float(totals['top1']) / count,
+          'val_top5': float(totals['top5']) / count,
+          'val_examples': int(count)}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          train_data: TrainData, *, eval_data: Optional[EvalData] = None,
+          mesh: Optional[jax.sharding.Mesh] = None) -> Any:
+  """Trains (or resumes) `config` in `workdir`; returns the final params.
+
+  Args:
+    config: see the configs/ files: seed, total_steps, model, input
+      (batch_size, image size), optim (Caffe solver values and rules), init_*,
+      checkpoint_every, keep_steps, log_every, eval_every.
+    workdir: checkpoints and metrics go here; an existing checkpoint resumes.
+    train_data: `train_data(start_step)` iterates this process's part of the
+      global batches start_step, start_step + 1, ... (dicts of 'image' float32
+      [b, S, S, 3] BGR mean-subtracted and 'label' int32 [b]).
+    eval_data: optional; `eval_data()` iterates padded evaluation batches.
+    mesh: the ('data',) mesh; all devices by default.
+
+  Returns:
+    The params after `config.total_steps` steps (replicated on the mesh).
+
+  Raises:
+    NonFiniteLossError: the loss or gradient norm became NaN/inf; the last
+      checkpoint (written before that step) is kept.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data'))
+  _check_divisible(config.input.batch_size, mesh, 'input.batch_size')
+  total_steps = config.total_steps
+  image_size = config.input.image_size
+  rules = rules_from_config(config.optim)
+  is_main = jax.process_index() == 0
+
+  # Structure, rules and boundary from shapes only (no init when resuming).
+  param_shapes = jax.eval_shape(lambda: caffenet.init_params(
+      build_model(config), jax.random.key(0), image_size))
+  boundary = optim.frozen_boundary(param_shapes, rules)
+  frozen = optim.frozen_mask(param_shapes, rules)
+  model = build_model(config, stop_gradient_after=boundary)
+  logging.info('stop_gradient_after: %s', boundary)
+  tx = optim.caffe_optimizer(
+      param_shapes, rules, base_lr=config.optim.base_lr,
+      gamma=config.optim.gamma, stepsize=config.optim.stepsize,
+      momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
+
+  def on_mesh(shapes):
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        shapes)
+
+  checkpointer = checkpoints.TrainCheckpointer(
+      workdir, every_steps=config.checkpoint_every,
+      keep_steps=config.get('keep_steps', ()))
+  with checkpointer:
+    start_step = checkpointer.latest_step()
+    if start_step is not None:
+      params, opt_state, meta = checkpointer.restore(
+          start_step, on_mesh(param_shapes),
+          on_mesh(jax.eval_shape(tx.init, param_shapes)))
+      logging.info('resumed from step %d (%s)', start_step,
+                   checkpointer.directory)
+      if meta.get('seed') != config.seed:
+        logging.warning('checkpoint seed %s != config seed %s',
+                        meta.get('seed'), config.seed)
+    else:
+      start_step = 0
+      params = jax.device_put(initial_params(config, build_model(config),
+                                             image_size), replicated)
+      opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+    if start_step >= total_steps:
+      logging.info('already trained to step %d >= total_steps %d', start_step,
+                   total_steps)
+      return params
+
+    train_step = jax.jit(
+        make_train_step(model, tx, frozen, config.seed),
+        in_shardings=(replicated, replicated, data_sharding, replicated),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0, 1))
+    eval_step = None
+    if eval_data is not None:
+      _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
+      eval_step = jax.jit(make_eval_step(build_model(config)),
+                          in_shardings=(replicated, data_sharding),
+                          out_shardings=replicated)
+    metrics_log = _MetricsLog(workdir, start_step, enabled=is_main)
+
+    def save(step):
+      checkpointer.save(step, params, opt_state, {
+          'step': step, 'total_steps': total_steps, 'seed': config.seed,
+          # Batches are pure functions of (seed, step): this is the position.
+          'data': {'seed': config.seed, 'next_batch': step},
+          'stop_gradient_after': boundary, 'config': _json_safe(config)})
+
+    history = []  # host metrics of the steps since the last log
+    pending = None  # (step, device metrics) not yet checked
+
+    def check(entry):
+      step, device_metrics = entry
+      values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      if not (math.isfinite(values['loss']) and
+              math.isfinite(values['grad_norm'])):
+        checkpointer.wait_until_finished()
+        raise NonFiniteLossError(
+            f'non-finite loss {values["loss"]} / grad norm '
+            f'{values["grad_norm"]} at step {step}; last good checkpoint: '
+            f'{checkpointer.latest_step()} in {checkpointer.directory}')
+      history.append(values)
+
+    batches = train_data(start_step)
+    tick, tick_step = time.time(), start_step
+    try:
+      for step in range(start_step, total_steps):
+        batch = _put_batch(next(batches), data_sharding)
+        params, opt_state, metrics = train_step(params, opt_state, batch,
+                                                np.int32(step))
+        if pending is not None:
+          check(pending)  # the previous step, while this one runs
+        pending = (step, metrics)
+        done = step + 1
+        log_now = done % config.log_every == 0 or done == total_steps
+        save_now = checkpointer.should_save(done, total_steps)
+        eval_now = eval_step is not None and (
+            done == total_steps or
+            (config.eval_every > 0 and done % config.eval_every == 0))
+        if not (log_now or save_now or eval_now):
+          continue
+        check(pending)  # nothing non-finite is ever saved or logged
+        pending = None
+        if save_now:
+          save(done)
+        if log_now:
+          elapsed = time.time() - tick
+          images_per_sec = ((done - tick_step) * config.input.batch_size /
+                            max(elapsed, 1e-9))
+          record = {k: float(np.mean([h[k] for h in history]))
+                    for k in history[0]}
+          record.update(step=done, lr=lr_at(config.optim, step),
+                        images_per_sec=images_per_sec)
+          metrics_log.write(record)
+          logging.info(
+              'step %d/%d loss %.4f top1 %.3f lr %.2g %.1f img/s ETA %s',
+              done, total_steps, record['loss'], record['top1'], record['lr'],
+              images_per_sec, _format_eta(
+                  (total_steps - done) * elapsed / max(done - tick_step, 1)))
+          history.clear()
+          tick, tick_step = time.time(), done
+        if eval_now:
+          results = evaluate(eval_step, params, eval_data, data_sharding)
+          metrics_log.write({'step': done, **results})
+          logging.info('step %d eval: %s', done, ', '.join(
+              f'{k} {v:.4g}' for k, v in results.items()))
+          tick = time.time()  # keep evaluation out of the images/s
+    finally:
+      close = getattr(batches, 'close', None)
+      if close is not None:
+        close()
+      checkpointer.wait_until_finished()
+  return params
