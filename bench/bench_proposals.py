@@ -17,7 +17,6 @@ fast mode on VOC2007 test).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import tempfile
 import time
@@ -36,8 +35,8 @@ _VOC_MINI = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data' / (
 
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--devkit', default=os.environ.get('CNNJAX_VOC_MINI_DEVKIT',
-                                                         str(_VOC_MINI)))
+  parser.add_argument('--devkit', default=str(_VOC_MINI),
+                      help='a VOCdevkit folder (default: the voc_mini fixture)')
   parser.add_argument('--split', default='trainval')
   parser.add_argument('--max-images', type=int, default=0, help='0: all')
   parser.add_argument('--demo', action='store_true',

@@ -17,11 +17,11 @@ inclusively) and removes duplicates. OpenCV contrib's
 segmentations and strategies are configured here by hand.
 
 All boxes are int32 [P, 4] (x1, y1, x2, y2), 1-based inclusive pixel indices.
-OpenCV's grouping ranks boxes with an unseeded random priority, so the order
+OpenCV ranks the boxes by level times libc `rand()` (unseeded), so the order
 it returns changes from run to run; the set does not. `selective_search`
 therefore returns the boxes sorted (lexicographically), which makes the
-result, and every cache built from it, reproducible. R-CNN uses every
-proposal, so no ranking information is lost.
+result, and every cache built from it, reproducible. R-CNN scores every
+proposal, so their order never mattered.
 """
 
 from __future__ import annotations

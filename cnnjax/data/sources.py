@@ -84,7 +84,7 @@ def prepare_instructions(name: str, data_dir: str | None = None) -> str:
 
 def tfds_source(name: str, split: str, data_dir: str | None = None,
                 decoders: Mapping[str, Any] | None = None) -> Sequence[dict]:
-  """`tfds.data_source(name, split=split, data_dir=data_dir)`, never downloading.
+  """`tfds.data_source(name, split=..., data_dir=...)`, never downloading.
 
   Args:
     name: TFDS name, e.g. 'imagenet2012', 'sun397/tfds', 'voc/2007'.
@@ -239,7 +239,8 @@ def sun397_split(data_dir: str | None, workdir: str | None,
         'dataset': f'sun397/tfds {_SUN397_ALL}', 'seed': seed,
         'fractions': list(SUN397_STUDY_FRACTIONS),
         'num_examples': len(labels),
-        'splits': {split: indices.tolist() for split, indices in splits.items()},
+        'splits': {split: indices.tolist()
+                   for split, indices in splits.items()},
     })
   return splits
 

@@ -1,4 +1,4 @@
-"""An embedded, generated demo world so the whole study runs on a CPU in minutes.
+"""An embedded, generated demo world: the whole study on a CPU in minutes.
 
 Real ImageNet, PASCAL VOC and SUN-397 are far too big for a laptop; this
 module draws a small stand-in "visual world" with numpy and OpenCV, offline
@@ -216,8 +216,8 @@ def _bus(r, a, variant):
   radius = r.uniform(0.11, 0.14)
   return [
       _Part(_rect(0.0, 0.02, 1.0, 0.86), 0),
-      *_window_row(0.04, 0.84, 0.12, r.uniform(0.38, 0.45), int(r.integers(4, 7)),
-                   1),
+      *_window_row(0.04, 0.84, 0.12, r.uniform(0.38, 0.45),
+                   int(r.integers(4, 7)), 1),
       _Part(_rect(0.87, 0.14, 0.97, 0.8), 1),
       _Part(_rect(0.0, 0.66, 1.0, 0.7), 3),
       _Part(_circle(0.2, 0.86, radius, a), 2),
