@@ -84,3 +84,21 @@ def write_json_atomic(path: str, payload: Any) -> None:
   with open(tmp, 'w') as f:
     json.dump(payload, f, indent=2, sort_keys=True, default=str)
   os.replace(tmp, path)
+
+
+def load_sibling_config(anchor_file: str, name: str,
+                        arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `name` beside `anchor_file`.
+
+  Lets one experiment config build on another (detection on the finetuning
+  config) without making configs/ an importable package.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(anchor_file)), name)
+  spec = importlib.util.spec_from_file_location(
+      f'cnnjax_config_{os.path.splitext(name)[0]}', path)
+  if spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path} not found')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
