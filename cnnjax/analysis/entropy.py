@@ -355,6 +355,27 @@ def _row_blocks(acts, labels, valid, rows: int):
     yield block, block_labels, block_valid
 
 
+def _rows_per_block(shape, chunk_elements: int) -> int:
+  per_row = max(1, int(np.prod(shape[1:])))
+  return max(1, min(shape[0], chunk_elements // per_row))
+
+
+@jax.jit
+def _block_spatial_max(block):
+  return sample_scores(block, 'spmax')[:, 0]                 # [n, F]
+
+
+def _spatial_max(acts, rows: int):
+  """[N, H, W, F] -> [N, F] maps' maxima, `rows` rows at a time."""
+  if rows >= acts.shape[0]:
+    return _block_spatial_max(acts)
+  # Kept on the device: the later passes read it without another transfer.
+  blocks = [_block_spatial_max(block)
+            for block, _, _ in _row_blocks(acts, np.zeros(acts.shape[0]),
+                                           None, rows)]
+  return jnp.concatenate(blocks)[:acts.shape[0]]
+
+
 def _log_progress(what: str, done: int, total: int, start: float) -> None:
   elapsed = time.time() - start
   eta = elapsed / done * (total - done)
@@ -402,8 +423,12 @@ def threshold_statistics(acts, labels, num_classes: int,
     raise ValueError(f'labels must lie in [0, {num_classes}), got '
                      f'[{labels.min()}, {labels.max()}]')
   num_filters = acts.shape[-1]
-  per_row = int(np.prod(acts.shape[1:]))
-  rows = max(1, min(num_rows, chunk_elements // max(per_row, 1)))
+  rows = _rows_per_block(acts.shape, chunk_elements)
+  if method == 'spmax' and len(acts.shape) == 4:
+    # One sample per example: reduce the maps in one pass and keep the
+    # [N, F] maxima, so the later passes never read the maps again.
+    acts = _spatial_max(acts, rows)
+    rows = _rows_per_block(acts.shape, chunk_elements)
   num_chunks = math.ceil(num_rows / rows)
 
   if thresholds == 'rank':

@@ -106,35 +106,58 @@ def recall_count_table(max_positives: int) -> np.ndarray:
   return need.astype(np.int32)
 
 
-def _ranked_hits(score, labels, num_classes: int):
-  """Per rank (score descending, ties in example order): class hits [N, C]."""
-  order = jnp.argsort(score, descending=True, stable=True)   # [N]
-  return jax.nn.one_hot(labels[order], num_classes, dtype=jnp.int32)
+def _ranking(score):
+  """Example indices by score descending, ties in example order (MATLAB's
+  stable `sort(-score)`), [N]."""
+  return jnp.argsort(score, descending=True, stable=True)
 
 
-def _filter_ap(score, labels, need, num_classes: int):
-  """11-point AP of one filter's scores for every class, [C]."""
-  true_pos = jnp.cumsum(_ranked_hits(score, labels, num_classes), axis=0)
-  ranks = jnp.arange(1, score.shape[0] + 1, dtype=jnp.float32)[:, None]
-  precision = true_pos / ranks                               # [N, C]
-  best_from = jax.lax.cummax(precision, axis=0, reverse=True)  # [N, C]
-  # Recall is nondecreasing in rank, so "recall >= t" is a suffix of ranks
-  # starting at the first rank with enough true positives.
-  first = jax.vmap(lambda tp, m: jnp.searchsorted(tp, m, side='left'),
-                   in_axes=(1, 1), out_axes=1)(true_pos, need)  # [11, C]
-  reached = first < score.shape[0]
-  at = jnp.take_along_axis(best_from, jnp.minimum(first, score.shape[0] - 1),
-                           axis=0)                           # [11, C]
-  return jnp.where(reached, at, 0.0).mean(axis=0)
+def _segment_suffix_max(values, segments):
+  """Max of values[q] over q >= p within p's (contiguous) segment, [N]."""
+  def combine(earlier, later):
+    (v1, s1), (v2, s2) = earlier, later
+    return jnp.where(s1 == s2, jnp.maximum(v1, v2), v2), s2
+  flipped, _ = jax.lax.associative_scan(combine, (values[::-1],
+                                                  segments[::-1]))
+  return flipped[::-1]
+
+
+def _filter_ap(score, labels, sorted_labels, count, need_index, reachable):
+  """11-point AP of one filter's scores for every class, [C].
+
+  Precision only peaks at the ranks of positives, so each class needs the
+  ranks of its own examples, not a [N, C] table: grouping the ranked
+  labels by class (a stable sort) lists every class's ranks ascending; the
+  k-th positive of a class at rank r has precision k / r, and "max
+  precision at recall >= t" is the suffix max from its m(t)-th positive.
+  """
+  num = score.shape[0]
+  ranked_labels = labels[_ranking(score)]                    # [N]
+  # Ranks grouped by class, ascending: one sort of the int keys
+  # class * N + rank (a single-operand int sort is several times faster
+  # than a stable argsort on XLA:CPU; callers keep C * N < 2^31).
+  ranks = jnp.sort(ranked_labels * num + jnp.arange(num, dtype=jnp.int32)
+                   ) % num                                   # [N]
+  precision = count / (ranks + 1).astype(jnp.float32)        # [N]
+  best_from = _segment_suffix_max(precision, sorted_labels)  # [N]
+  return jnp.where(reachable, best_from[need_index], 0.0).mean(axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'filter_chunk'))
 def _filter_ap_all(scores, labels, table, num_classes: int,
                    filter_chunk: int):
+  num = labels.shape[0]
   positives = jnp.bincount(labels, length=num_classes)       # [C]
+  start = jnp.cumsum(positives) - positives                  # [C] segments
+  sorted_labels = jnp.sort(labels)                           # [N]
+  count = (jnp.arange(1, num + 1) - start[sorted_labels]).astype(
+      jnp.float32)                                           # k-th of class
   need = table[:, positives]                                 # [11, C]
-  per_filter = functools.partial(_filter_ap, labels=labels, need=need,
-                                 num_classes=num_classes)
+  reachable = need <= positives                              # [11, C]
+  need_index = jnp.clip(start + jnp.maximum(need, 1) - 1, 0, num - 1)
+  per_filter = functools.partial(
+      _filter_ap, labels=labels, sorted_labels=sorted_labels, count=count,
+      need_index=need_index, reachable=reachable)
   return jax.lax.map(per_filter, scores.T, batch_size=filter_chunk)  # [F, C]
 
 
@@ -150,7 +173,7 @@ def _as_scores(scores):
 
 
 def filter_average_precision(scores, labels, num_classes: int,
-                             filter_chunk: int = 16):
+                             filter_chunk: int = 64):
   """11-point VOC AP of every filter's response as a classifier of every class.
 
   As VOCevalcls: examples ranked by score descending (ties keep example
@@ -162,13 +185,16 @@ def filter_average_precision(scores, labels, num_classes: int,
       spatial max, SPEC 6).
     labels: [N] int class of each example (GT box), in [0, num_classes).
     num_classes: C.
-    filter_chunk: filters ranked at once (memory: filter_chunk x N x C).
+    filter_chunk: filters ranked at once (memory: a few filter_chunk x N).
 
   Returns:
     [F, C] float32.
   """
   scores = _as_scores(scores)                                # [N, F]
   labels = jnp.asarray(labels, jnp.int32)
+  if num_classes * scores.shape[0] >= 2**31:
+    raise ValueError(f'{scores.shape[0]} examples x {num_classes} classes '
+                     'overflow the int32 sort keys')
   table = jnp.asarray(recall_count_table(scores.shape[0]))
   return _filter_ap_all(scores, labels, table, num_classes,
                         min(filter_chunk, scores.shape[1]))
@@ -180,8 +206,8 @@ def _pr_curves(scores, labels, filters, num_classes: int):
   ranks = jnp.arange(1, scores.shape[0] + 1, dtype=jnp.float32)
 
   def one(filter_index, class_index):
-    hits = _ranked_hits(scores[:, filter_index], labels, num_classes)
-    true_pos = jnp.cumsum(hits[:, class_index])              # [N]
+    ranked_labels = labels[_ranking(scores[:, filter_index])]  # [N]
+    true_pos = jnp.cumsum(ranked_labels == class_index)      # [N]
     npos = positives[class_index]
     return true_pos / ranks, jnp.where(npos > 0, true_pos / jnp.maximum(npos, 1),
                                        0.0)
