@@ -3,11 +3,11 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cnnjax.analysis import entropy
+from cnnjax.features import store as store_lib
 
 
 def loop_entropy_curves(acts, labels, num_classes, method, thresholds):
@@ -193,19 +193,27 @@ def test_fc_layers_label_equals_spmax_and_bad_inputs_raise():
     entropy.entropy_curves(acts, labels, 3)
 
 
-def test_sharded_input_and_valid_mask_match_unsharded():
+def test_streams_a_feature_store_and_its_sharded_arrays(tmp_path):
   assert jax.device_count() == 8
   rng = np.random.default_rng(5)
-  acts = quantised_acts(rng, (40, 3, 3, 4))
-  labels = rng.integers(0, 3, 40)
-  valid = np.arange(40) < 35                      # last 5 rows: padding
-  acts[35:] = 99.0                                # would dominate if counted
-  mesh = jax.make_mesh((8,), ('data',))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  sharded = jax.device_put(jnp.asarray(acts), sharding)
-  sharded_valid = jax.device_put(jnp.asarray(valid), sharding)
+  acts = quantised_acts(rng, (37, 3, 3, 4))
+  labels = rng.integers(0, 3, 37)
+  writer = store_lib.FeatureStoreWriter(
+      tmp_path, {'pool5': ((3, 3, 4), 'float16')}, num_rows=37, shard_rows=10)
+  for k in range(writer.num_shards):
+    start, stop = writer.shard_range(k)
+    writer.write_shard(k, {'pool5': acts[start:stop]},
+                       {'label': labels[start:stop]})
+  view = writer.finalize().layer('pool5')
+  # Rows padded to 40 on 8 devices, marked by `valid`.
+  sharded, valid = view.to_sharded_jax(jax.make_mesh((8,), ('data',)))
+  padded_labels = np.pad(labels, (0, 3))
   for method in entropy.METHODS:
-    got = entropy.entropy_curves(sharded, labels, 3, method, 20,
-                                 valid=sharded_valid)
-    want = entropy.entropy_curves(acts[:35], labels[:35], 3, method, 20)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    want = entropy.entropy_curves(acts, labels, 3, method, 20)
+    streamed = entropy.entropy_curves(view, labels, 3, method, 20,
+                                      chunk_elements=5 * 36)
+    whole = entropy.entropy_curves(view, labels, 3, method, 20)
+    on_devices = entropy.entropy_curves(sharded, padded_labels, 3, method, 20,
+                                        valid=valid)
+    for got in (streamed, whole, on_devices):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)

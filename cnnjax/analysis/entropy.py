@@ -336,6 +336,8 @@ def _row_blocks(acts, labels, valid, rows: int):
   """
   num_rows = acts.shape[0]
   if rows >= num_rows:
+    if not isinstance(acts, (np.ndarray, jax.Array)):
+      acts = acts[0:num_rows]                      # e.g. a store's LayerView
     yield acts, np.asarray(labels, np.int32), valid
     return
   for start in range(0, num_rows, rows):
@@ -366,13 +368,16 @@ def _block_spatial_max(block):
 
 
 def _spatial_max(acts, rows: int):
-  """[N, H, W, F] -> [N, F] maps' maxima, `rows` rows at a time."""
-  if rows >= acts.shape[0]:
-    return _block_spatial_max(acts)
-  # Kept on the device: the later passes read it without another transfer.
+  """[N, H, W, F] -> [N, F] maps' maxima, `rows` rows at a time.
+
+  The result stays on the device: the later passes read it without another
+  transfer.
+  """
   blocks = [_block_spatial_max(block)
             for block, _, _ in _row_blocks(acts, np.zeros(acts.shape[0]),
                                            None, rows)]
+  if len(blocks) == 1:
+    return blocks[0]
   return jnp.concatenate(blocks)[:acts.shape[0]]
 
 
