@@ -116,3 +116,12 @@ def test_registry_errors():
     ablations.apply_ablation('sp-shuffle', acts)
   with pytest.raises(ValueError, match=r'\[N, H, W, F\] or \[N, F\]'):
     ablations.apply_ablation('unroll', np.ones((2, 3, 4), np.float32))
+
+
+def test_sharded_rows_match_unsharded(tied_acts):
+  acts = np.concatenate([tied_acts, tied_acts[:2]])        # 8 rows
+  rows = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
+                                    jax.sharding.PartitionSpec('data'))
+  np.testing.assert_array_equal(
+      ablations.sp_shuffle(jax.device_put(acts, rows), jax.random.key(3)),
+      ablations.sp_shuffle(acts, jax.random.key(3)))

@@ -1,5 +1,6 @@
 """Precision curves, selectivity and per-filter AP against loop references."""
 
+import jax
 import numpy as np
 
 from cnnjax import metrics
@@ -96,3 +97,16 @@ def test_pr_curves_match_loop():
                                  atol=1e-6)
       np.testing.assert_allclose(recall[c, j], tp / np.sum(labels == c),
                                  atol=1e-6)
+
+
+def test_sharded_rows_match_unsharded():
+  rng = np.random.default_rng(4)
+  scores = quantised(rng, (40, 6))
+  labels = rng.integers(0, 3, 40)
+  rows = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
+                                    jax.sharding.PartitionSpec('data'))
+  ap = selectivity.filter_average_precision(scores, labels, 3)
+  np.testing.assert_array_equal(
+      selectivity.filter_average_precision(jax.device_put(scores, rows),
+                                           jax.device_put(labels, rows), 3),
+      ap)

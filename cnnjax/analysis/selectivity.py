@@ -143,9 +143,8 @@ def _filter_ap(score, labels, sorted_labels, count, need_index, reachable):
   return jnp.where(reachable, best_from[need_index], 0.0).mean(axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes', 'filter_chunk'))
-def _filter_ap_all(scores, labels, table, num_classes: int,
-                   filter_chunk: int):
+def _filter_ap_kernel(scores, labels, table, num_classes: int,
+                      filter_chunk: int):
   num = labels.shape[0]
   positives = jnp.bincount(labels, length=num_classes)       # [C]
   start = jnp.cumsum(positives) - positives                  # [C] segments
@@ -159,6 +158,16 @@ def _filter_ap_all(scores, labels, table, num_classes: int,
       _filter_ap, labels=labels, sorted_labels=sorted_labels, count=count,
       need_index=need_index, reachable=reachable)
   return jax.lax.map(per_filter, scores.T, batch_size=filter_chunk)  # [F, C]
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'filter_chunk'))
+def _filter_ap_all(scores, labels, table, num_classes: int,
+                   filter_chunk: int):
+  # Ranking needs all examples of a filter together: rows sharded over
+  # devices are gathered by the compiler.
+  kernel = functools.partial(_filter_ap_kernel, num_classes=num_classes,
+                             filter_chunk=filter_chunk)
+  return entropy.with_auto_axes(kernel, scores, labels, table)
 
 
 def _as_scores(scores):
@@ -200,8 +209,7 @@ def filter_average_precision(scores, labels, num_classes: int,
                         min(filter_chunk, scores.shape[1]))
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes',))
-def _pr_curves(scores, labels, filters, num_classes: int):
+def _pr_curves_kernel(scores, labels, filters, num_classes: int):
   positives = jnp.bincount(labels, length=num_classes)       # [C]
   ranks = jnp.arange(1, scores.shape[0] + 1, dtype=jnp.float32)
 
@@ -215,6 +223,12 @@ def _pr_curves(scores, labels, filters, num_classes: int):
   classes = jnp.broadcast_to(jnp.arange(filters.shape[0])[:, None],
                              filters.shape)                  # [C, k]
   return jax.vmap(jax.vmap(one))(filters, classes)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes',))
+def _pr_curves(scores, labels, filters, num_classes: int):
+  kernel = functools.partial(_pr_curves_kernel, num_classes=num_classes)
+  return entropy.with_auto_axes(kernel, scores, labels, filters)
 
 
 def pr_curves(scores, labels, filters, num_classes: int):

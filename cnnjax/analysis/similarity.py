@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnjax.analysis import entropy
+
 
 def _flat(x):
   """[N, ...] -> [N, D] float32 (the order of features does not matter)."""
@@ -50,19 +52,7 @@ def _gram_product_sum(x, y):
   return jnp.sum(_matmul(x, x.T) * _matmul(y, y.T))         # [N, N]
 
 
-@functools.partial(jax.jit, static_argnames=('unbiased',))
-def hsic(x, y, unbiased: bool = False):
-  """Linear-kernel HSIC between two representations of the same examples.
-
-  Args:
-    x: [N, ...] features (flattened to [N, D1]).
-    y: [N, ...] features (flattened to [N, D2]).
-    unbiased: Song et al.'s unbiased HSIC_1 (needs N >= 4) instead of the
-      biased tr(KHLH) / (N - 1)^2.
-
-  Returns:
-    Scalar float32.
-  """
+def _hsic_kernel(x, y, unbiased: bool):
   x, y = _flat(x), _flat(y)
   # Both estimators are invariant to translating the features; centring
   # first avoids float32 cancellation between large uncentred terms.
@@ -78,6 +68,23 @@ def hsic(x, y, unbiased: bool = False):
   l_rows = _matmul(y, y.sum(axis=0)) - y_sq                  # L~ 1, [N]
   return (trace + k_rows.sum() * l_rows.sum() / ((n - 1) * (n - 2))
           - 2.0 / (n - 2) * jnp.dot(k_rows, l_rows)) / (n * (n - 3))
+
+
+@functools.partial(jax.jit, static_argnames=('unbiased',))
+def hsic(x, y, unbiased: bool = False):
+  """Linear-kernel HSIC between two representations of the same examples.
+
+  Args:
+    x: [N, ...] features (flattened to [N, D1]).
+    y: [N, ...] features (flattened to [N, D2]).
+    unbiased: Song et al.'s unbiased HSIC_1 (needs N >= 4) instead of the
+      biased tr(KHLH) / (N - 1)^2.
+
+  Returns:
+    Scalar float32. Inputs may be sharded over devices on the example axis.
+  """
+  kernel = functools.partial(_hsic_kernel, unbiased=unbiased)
+  return entropy.with_auto_axes(kernel, x, y)
 
 
 def linear_cka(x, y, unbiased: bool = False):
