@@ -1,4 +1,4 @@
-"""Entropy curves, AuE and MCAuE against a numpy loop transcription of SPEC 6."""
+"""Entropy curves, AuE and MCAuE against numpy loops of SPEC 6."""
 
 import math
 

@@ -26,7 +26,8 @@ def numpy_hsic1(x, y):
   np.fill_diagonal(k, 0.0)
   np.fill_diagonal(l, 0.0)
   one = np.ones(n)
-  return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+  return (np.trace(k @ l)
+          + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
           - 2.0 / (n - 2) * one @ k @ l @ one) / (n * (n - 3))
 
 

@@ -1,4 +1,4 @@
-"""Feature ablations (seeds chapter 5, SPEC 6): where and how strongly a filter fires.
+"""Feature ablations (seeds chapter 5, SPEC 6): location vs magnitude.
 
 Every transform maps a layer's activations [N, H, W, F] (or [N, F] for fc
 layers, treated as H = W = 1) to flat features [N, D] ready for a probe or

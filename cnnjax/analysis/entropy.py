@@ -423,7 +423,8 @@ def threshold_statistics(acts, labels, num_classes: int,
   labels = np.asarray(labels)
   num_rows = acts.shape[0]
   if labels.shape != (num_rows,):
-    raise ValueError(f'labels have shape {labels.shape}, expected ({num_rows},)')
+    raise ValueError(f'labels have shape {labels.shape}, expected '
+                     f'({num_rows},)')
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f'labels must lie in [0, {num_classes}), got '
                      f'[{labels.min()}, {labels.max()}]')
@@ -546,7 +547,7 @@ def mcaue_curve(mcaue_values, num_points: int = CURVE_POINTS):
 
 
 def percent_decrease(mcaue_pre, mcaue_ft):
-  """100 * (pre - ft) / pre (seeds eq. 2.1); positive = finetuning lowered it."""
+  """100 * (pre - ft) / pre (seeds eq. 2.1); positive = FT lowered it."""
   pre = jnp.asarray(mcaue_pre, jnp.float32)
   return 100.0 * (pre - jnp.asarray(mcaue_ft, jnp.float32)) / pre
 

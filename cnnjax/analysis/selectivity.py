@@ -127,9 +127,9 @@ def _filter_ap(score, labels, sorted_labels, count, need_index, reachable):
 
   Precision only peaks at the ranks of positives, so each class needs the
   ranks of its own examples, not a [N, C] table: grouping the ranked
-  labels by class (a stable sort) lists every class's ranks ascending; the
-  k-th positive of a class at rank r has precision k / r, and "max
-  precision at recall >= t" is the suffix max from its m(t)-th positive.
+  labels by class lists every class's ranks ascending; the k-th positive
+  of a class at rank r has precision k / r, and "max precision at recall
+  >= t" is the suffix max from its m(t)-th positive on.
   """
   num = score.shape[0]
   ranked_labels = labels[_ranking(score)]                    # [N]
@@ -217,8 +217,8 @@ def _pr_curves_kernel(scores, labels, filters, num_classes: int):
     ranked_labels = labels[_ranking(scores[:, filter_index])]  # [N]
     true_pos = jnp.cumsum(ranked_labels == class_index)      # [N]
     npos = positives[class_index]
-    return true_pos / ranks, jnp.where(npos > 0, true_pos / jnp.maximum(npos, 1),
-                                       0.0)
+    recall = jnp.where(npos > 0, true_pos / jnp.maximum(npos, 1), 0.0)
+    return true_pos / ranks, recall
 
   classes = jnp.broadcast_to(jnp.arange(filters.shape[0])[:, None],
                              filters.shape)                  # [C, k]

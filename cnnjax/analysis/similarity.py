@@ -137,7 +137,8 @@ def cka_matrix(feats_a: Mapping[str, np.ndarray],
   sizes = {name: np.shape(v)[0] for name, v in
            list(feats_a.items()) + list(feats_b.items())}
   if len(set(sizes.values())) > 1:
-    raise ValueError(f'every layer needs the same examples; row counts: {sizes}')
+    raise ValueError('every layer needs the same examples; row counts: '
+                     f'{sizes}')
   self_a = {name: float(hsic(v, v, unbiased)) for name, v in feats_a.items()}
   self_b = {name: float(hsic(v, v, unbiased)) for name, v in feats_b.items()}
   matrix = np.zeros((len(feats_a), len(feats_b)))

@@ -1,4 +1,4 @@
-"""How many filters does a class need? Greedy filter subsets (seeds 3.4, SPEC 6).
+"""How many filters does a class need? Greedy subsets (seeds 3.4, SPEC 6).
 
 Per class: a linear SVM on spatial-max pool5 features (one dimension per
 filter) ranks the filters by |w| of that class (seeds fig 3-3); the SVM is
@@ -109,11 +109,10 @@ def top_overlap(ranking, top: int = TOP_OVERLAP) -> np.ndarray:
   return member @ member.T / top
 
 
-def _ap_per_class(scores, labels, num_classes: int) -> np.ndarray:
-  """GT-box classification AP of each class: [N, C] scores -> [C]."""
-  targets = np.where(np.asarray(labels)[:, None] == np.arange(num_classes),
-                     1, -1)
-  return metrics.cls_map(np.asarray(scores), targets)[0]
+def _one_vs_rest(labels, num_classes: int) -> np.ndarray:
+  """GT-box targets [N, C]: +1 for the box's class, -1 for the others."""
+  return np.where(np.asarray(labels)[:, None] == np.arange(num_classes), 1.0,
+                  -1.0)
 
 
 def greedy_filter_subsets(train_features, train_labels, test_features,
@@ -149,16 +148,16 @@ def greedy_filter_subsets(train_features, train_labels, test_features,
                     np.float32)                              # [M, F]
   scale = probes.scale_features(train)
   train, test = train * scale, test * scale
-  targets = np.where(np.asarray(train_labels)[:, None] == np.arange(num_classes),
-                     1.0, -1.0)                              # [N, C]
+  targets = _one_vs_rest(train_labels, num_classes)         # [N, C]
   weights, _ = probes.fit_linear_svm(train, targets, **svm_options)
   ranking = rank_filters(weights)                            # [C, F]
   chosen = subset_sizes(train.shape[1], sizes)               # [S]
   masks = subset_masks(ranking, chosen)                      # [S, F, C]
   subset_w, subset_b = probes.fit_linear_svm_subsets(
       train, targets, masks, **svm_options)                  # [S, F, C], [S, C]
+  test_targets = _one_vs_rest(test_labels, num_classes)     # [M, C]
   ap = np.stack([
-      _ap_per_class(probes.predict(w, b, test), test_labels, num_classes)
+      metrics.cls_map(np.asarray(probes.predict(w, b, test)), test_targets)[0]
       for w, b in zip(subset_w, subset_b)], axis=1)          # [C, S]
   full_ap = ap[:, -1]
   result = {'sizes': chosen, 'weights': np.asarray(weights),
