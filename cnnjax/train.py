@@ -25,12 +25,15 @@ Outputs in the workdir: `checkpoints/` (see cnnjax.checkpoints) and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import importlib.util
 import json
 import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 from absl import logging
 import flax.traverse_util
@@ -42,6 +45,11 @@ import optax
 
 from cnnjax import checkpoints
 from cnnjax import optim
+from cnnjax.data import datasets
+from cnnjax.data import preprocess
+from cnnjax.data import proposals as proposals_lib
+from cnnjax.data import regions
+from cnnjax.data import sources
 from cnnjax.models import caffenet
 
 Batch = dict[str, np.ndarray]
@@ -233,9 +241,39 @@ class _MetricsLog:
         f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+class _Progress:
+  """Train metrics since the last log line, throughput and ETA."""
+
+  def __init__(self, start_step: int, total_steps: int, batch_size: int):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.history = []  # host metrics of the steps since the last record
+    self.tick, self.tick_step = time.time(), start_step
+    self.seconds_per_step = None
+
+  def add(self, values: dict[str, float]) -> None:
+    self.history.append(values)
+
+  def exclude(self, seconds: float) -> None:
+    """Keeps evaluation time out of images/s and the ETA."""
+    self.tick += seconds
+
+  def record(self, step: int, lr: float) -> dict:
+    """Mean metrics since the last record, lr and images/s; then resets."""
+    elapsed = max(time.time() - self.tick, 1e-9)
+    steps = max(step - self.tick_step, 1)
+    self.seconds_per_step = elapsed / steps
+    record = {k: float(np.mean([h[k] for h in self.history]))
+              for k in self.history[0]}
+    record.update(step=step, lr=lr,
+                  images_per_sec=steps * self.batch_size / elapsed)
+    self.history.clear()
+    self.tick, self.tick_step = time.time(), step
+    return record
+
+  def eta(self, step: int) -> str:
+    seconds = int((self.total_steps - step) * (self.seconds_per_step or 0))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def _json_safe(config: ml_collections.ConfigDict) -> dict:
@@ -353,7 +391,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           'data': {'seed': config.seed, 'next_batch': step},
           'stop_gradient_after': boundary, 'config': _json_safe(config)})
 
-    history = []  # host metrics of the steps since the last log
+    progress = _Progress(start_step, total_steps, config.input.batch_size)
     pending = None  # (step, device metrics) not yet checked
 
     def check(entry):
@@ -366,10 +404,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             f'non-finite loss {values["loss"]} / grad norm '
             f'{values["grad_norm"]} at step {step}; last good checkpoint: '
             f'{checkpointer.latest_step()} in {checkpointer.directory}')
-      history.append(values)
+      progress.add(values)
 
     batches = train_data(start_step)
-    tick, tick_step = time.time(), start_step
     try:
       for step in range(start_step, total_steps):
         batch = _put_batch(next(batches), data_sharding)
@@ -391,30 +428,198 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if save_now:
           save(done)
         if log_now:
-          elapsed = time.time() - tick
-          images_per_sec = ((done - tick_step) * config.input.batch_size /
-                            max(elapsed, 1e-9))
-          record = {k: float(np.mean([h[k] for h in history]))
-                    for k in history[0]}
-          record.update(step=done, lr=lr_at(config.optim, step),
-                        images_per_sec=images_per_sec)
+          record = progress.record(done, lr_at(config.optim, step))
           metrics_log.write(record)
           logging.info(
               'step %d/%d loss %.4f top1 %.3f lr %.2g %.1f img/s ETA %s',
               done, total_steps, record['loss'], record['top1'], record['lr'],
-              images_per_sec, _format_eta(
-                  (total_steps - done) * elapsed / max(done - tick_step, 1)))
-          history.clear()
-          tick, tick_step = time.time(), done
+              record['images_per_sec'], progress.eta(done))
         if eval_now:
+          started = time.time()
           results = evaluate(eval_step, params, eval_data, data_sharding)
+          progress.exclude(time.time() - started)
           metrics_log.write({'step': done, **results})
           logging.info('step %d eval: %s', done, ', '.join(
               f'{k} {v:.4g}' for k, v in results.items()))
-          tick = time.time()  # keep evaluation out of the images/s
     finally:
       close = getattr(batches, 'close', None)
       if close is not None:
         close()
       checkpointer.wait_until_finished()
   return params
+
+
+def config_module(path: str) -> Any:
+  """The module of a config file (configs/ is not a package).
+
+  The demo finetuning configs take the demo pretraining run from
+  configs/imagenet_caffenet.py this way.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file not found: {path}')
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class Data(NamedTuple):
+  """What `run` feeds `train`: batch factories and their cleanup."""
+  train: TrainData
+  eval: Optional[EvalData]
+  close: Callable[[], None]
+
+
+def classification_data(config: ml_collections.ConfigDict,
+                        workdir: str) -> Data:
+  """Augmented training batches and centre-crop evaluation batches.
+
+  `config.input`: dataset ('demo' | 'imagenet2012' | 'sun397'), data_dir,
+  split, resize, image_size (the crop), mean_path, demo (options of the
+  generated set); `config.eval.split` ('' for no evaluation).
+
+  Raises:
+    ValueError: the dataset's class count differs from model.num_classes.
+  """
+  inp = config.input
+  mean = preprocess.mean_image(inp.mean_path or None, inp.resize)
+  shards = dict(process_index=jax.process_index(),
+                process_count=jax.process_count())
+
+  def source(split):
+    found = sources.classification_source(
+        inp.dataset, split, inp.data_dir or None, workdir=workdir,
+        demo_options=inp.demo.to_dict())
+    if found.num_classes != config.model.num_classes:
+      raise ValueError(
+          f'input.dataset={inp.dataset!r} has {found.num_classes} classes but '
+          f'model.num_classes={config.model.num_classes}')
+    return found
+
+  batcher = preprocess.ClassificationBatcher(
+      source(inp.split), inp.batch_size, seed=config.seed, train=True,
+      resize=inp.resize, crop=inp.image_size, mean=mean, **shards)
+  eval_data = None
+  if config.eval.split:
+    eval_source = source(config.eval.split)
+
+    def eval_data():
+      return preprocess.eval_batches(
+          eval_source, config.eval.batch_size, resize=inp.resize,
+          crop=inp.image_size, mean=mean, **shards)
+
+  return Data(batcher.iterate, eval_data, batcher.close)
+
+
+def voc_windows(config: ml_collections.ConfigDict, split: str,
+                workdir: str, batch_size: int) -> regions.WindowSampler:
+  """R-CNN finetuning windows (GT + proposals) of a VOC2007 split (SPEC 3).
+
+  Proposals come from R-CNN's `.mat` file when `input.proposals_mat` names
+  one, else selective search cached per image in `input.proposals_dir`
+  (default `<workdir>/proposals/<split>`).
+  """
+  inp = config.input
+  images = datasets.voc_split(config.data, split)
+  mat = inp.proposals_mat.format(split=split) if inp.proposals_mat else ''
+  if mat:
+    boxes = proposals_lib.load_rcnn_mat(mat, [im.image_id for im in images])
+  else:
+    cache = os.path.join(inp.proposals_dir or os.path.join(workdir,
+                                                           'proposals'), split)
+    boxes = proposals_lib.compute_proposals(images, cache,
+                                            num_workers=inp.proposals_workers)
+  windows = regions.build_windows(images, boxes)
+  logging.info('%s windows: %d images, %d foreground, %d background', split,
+               len(images), int((windows.labels > 0).sum()),
+               int((windows.labels == 0).sum()))
+  return regions.WindowSampler(
+      windows, images, batch_size, inp.fg_fraction, seed=config.seed,
+      size=inp.image_size, context=inp.context,
+      mean=preprocess.mean_image(inp.mean_path) if inp.mean_path else None,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def window_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
+  """Window batches of `input.split`; evaluation: window accuracy on
+  `config.eval.num_batches` fixed batches of `eval.split` (same fg share)."""
+  if config.model.num_classes != 21:
+    raise ValueError('voc_windows needs model.num_classes=21 (20 classes + '
+                     f'background), got {config.model.num_classes}')
+  sampler = voc_windows(config, config.input.split, workdir,
+                        config.input.batch_size)
+  samplers = [sampler]
+  eval_data = None
+  if config.eval.split:
+    eval_sampler = voc_windows(config, config.eval.split, workdir,
+                               config.eval.batch_size)
+    samplers.append(eval_sampler)
+
+    def eval_data():
+      return (eval_sampler.batch_at(step)
+              for step in range(config.eval.num_batches))
+
+  def close():
+    for each in samplers:
+      each.close()
+
+  return Data(sampler.iterate, eval_data, close)
+
+
+DATA_KINDS = {'classification': classification_data, 'voc_windows': window_data}
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+  """An exclusive lock file: concurrent runs wait instead of both training."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    yield
+
+
+def _check_init(config: ml_collections.ConfigDict) -> None:
+  """Fails before any data is prepared when the init checkpoint is missing."""
+  if config.init_drop and not config.init_from:
+    raise ValueError(f'init_drop={config.init_drop!r} but no init_from: '
+                     'finetuning needs init_from=<pretraining workdir or '
+                     'imported checkpoint>')
+  if config.init_from:
+    available = checkpoints.latest_step(config.init_from)
+    if available is None:
+      raise FileNotFoundError(f'init_from={config.init_from!r} holds no '
+                              'checkpoint')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """The `train` task: pretraining or finetuning, as `config` says.
+
+  When `config.init_pretrain` holds a pretraining config (the `runlocal`
+  finetuning configs do), that run is trained (or resumed, or found finished)
+  in `config.init_from` first, so a demo finetuning works from nothing.
+
+  Returns:
+    The final params.
+
+  Raises:
+    ValueError: an unknown `input.kind` (listing the valid ones).
+  """
+  if config.get('init_pretrain'):
+    with _exclusive(os.path.join(config.init_from, '.lock')):
+      logging.info('pretraining first: %s', config.init_from)
+      run(config.init_pretrain, config.init_from)
+  done = checkpoints.latest_step(workdir)
+  if done is not None and done >= config.total_steps:
+    logging.info('%s: already trained to step %d', workdir, done)
+    return checkpoints.load_params(workdir, done)
+  if done is None:
+    _check_init(config)
+  kind = config.input.kind
+  if kind not in DATA_KINDS:
+    raise ValueError(f'input.kind={kind!r}; valid: {", ".join(DATA_KINDS)}')
+  data = DATA_KINDS[kind](config, workdir)
+  try:
+    return train(config, workdir, data.train, eval_data=data.eval)
+  finally:
+    data.close()

@@ -1,0 +1,131 @@
+r"""R-CNN finetuning of CaffeNet on PASCAL VOC 2007 windows (SPEC 2, 3).
+
+Serves the finetuned nets of the study: FT and FC-FT (seeds Tables 2.1-2.4:
+entropy decrease, detection mAP per layer, GT-box classification) and the
+50-50 net (Table 4.2). Windows: every GT box and selective-search proposal of
+VOC07 trainval, foreground at IoU >= 0.5 (label = class + 1), background
+label 0; batches of 128 = 32 foreground + 96 background, mirrored with p 0.5;
+a new 21-way fc8 (lr_mult 10/20); base_lr 0.001 divided by 10 every 20K.
+
+Modes (`:mode=`):
+  ft          every layer trains; 70K iterations from the 310K ImageNet net.
+  fcft        conv1..conv5 frozen (bit-identical; the backward pass stops at
+              pool5, about 2x cheaper); 70K iterations from the 310K net.
+  fiftyfifty  as ft, from the 50K snapshot of the pretraining run, for 50K
+              iterations.
+
+  python -m cnnjax.main --config configs/pascal_finetune.py:mode=ft,\
+init_from=~/runs/imagenet_caffenet,devkit_dir=~/data/VOCdevkit \
+      --workdir ~/runs/pascal_ft
+
+(`init_from`: the pretraining workdir, or a checkpoint imported from Caffe
+with `python -m cnnjax.tools.import_caffe`.) Selective search runs once per
+image and is cached in `proposals_dir` (default `<workdir>/proposals`): point
+the modes at one folder to share it; `proposals_mat=.../voc_2007_{split}.mat`
+reads R-CNN's precomputed boxes instead. Window accuracy on 20 fixed batches
+of VOC07 test windows is logged every 10K steps.
+
+Expected (detection mAP of the resulting nets, seeds Tables 2.2, 4.2): fc7
+FT 54.1, FC-FT 53.3, 50-50 50.5 (R-CNN's FT fc7: 54.2).
+
+Demo (`:runlocal`, any mode): the generated VOC-like set, width 0.125 (as
+the demo pretraining, which is trained first into
+`<data_dir>/demo_pretrain_*` if absent), 115 px warps with context
+round(16 * 115 / 227) = 8, batch 64 (16 + 48), a few hundred steps:
+
+  python -m cnnjax.main --config configs/pascal_finetune.py:runlocal,mode=fcft \
+      --workdir /tmp/pascal_fcft_demo
+
+Expected: a few minutes on 2 CPU cores after the pretraining; test window
+accuracy well above the 75% of always answering background (the figure is
+in the run's metrics.jsonl).
+
+Args: mode, runlocal, init_from (required unless runlocal), init_step (-1 =
+the mode's default), voc ('devkit' | 'tfds' | 'demo'; '' = demo under
+runlocal, else devkit), devkit_dir (the VOCdevkit folder), data_dir (demo
+cache root), proposals_dir, proposals_mat, eval_split ('' for no
+evaluation), total_steps (0 = the mode's default).
+"""
+
+import os
+
+import ml_collections
+
+from cnnjax import config_lib
+from cnnjax import optim
+from cnnjax import train
+from cnnjax.data import datasets
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+MODES = ('ft', 'fcft', 'fiftyfifty')
+DEMO_SIZE = 115
+
+
+PRETRAINING = train.config_module(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'imagenet_caffenet.py'))
+
+
+def get_config(arg=None):
+  """The finetuning config of `mode`; see the module docstring."""
+  arg = config_lib.parse_arg(
+      arg, mode='ft', runlocal=False, init_from='', init_step=-1, voc='',
+      devkit_dir='', data_dir='', proposals_dir='', proposals_mat='',
+      eval_split='test', total_steps=0)
+  if arg.mode not in MODES:
+    raise ValueError(f'mode={arg.mode!r}; valid: {", ".join(MODES)}')
+  config = ml_collections.ConfigDict()
+  config.task = 'train'
+  config.seed = 0
+  config.total_steps = arg.total_steps or (
+      50_000 if arg.mode == 'fiftyfifty' else 70_000)
+
+  config.model = ml_collections.ConfigDict(dict(
+      num_classes=21, width=1.0, dropout_rate=0.5))
+  config.data = datasets.data_config(
+      voc=arg.voc or ('demo' if arg.runlocal else 'devkit'),
+      devkit_dir=arg.devkit_dir, data_dir=arg.data_dir)
+  config.input = ml_collections.ConfigDict(dict(
+      kind='voc_windows', split='trainval', batch_size=128, fg_fraction=0.25,
+      image_size=227, context=16, mean_path='',
+      proposals_dir=arg.proposals_dir, proposals_mat=arg.proposals_mat,
+      proposals_workers=2))
+  config.eval = ml_collections.ConfigDict(dict(
+      split=arg.eval_split, batch_size=128, num_batches=20))
+  config.eval_every = 10_000
+
+  frozen = optim.freeze_rules(CONV_LAYERS) if arg.mode == 'fcft' else ()
+  config.optim = ml_collections.ConfigDict(dict(
+      base_lr=0.001, gamma=0.1, stepsize=20_000, momentum=0.9,
+      weight_decay=5e-4,
+      rules=frozen + optim.new_head_rules('fc8') + optim.DEFAULT_RULES))
+  config.init_from = arg.init_from
+  config.init_step = ml_collections.config_dict.placeholder(int)
+  if arg.init_step >= 0:
+    config.init_step = arg.init_step
+  elif arg.mode == 'fiftyfifty':
+    config.init_step = 50_000
+  config.init_drop = '^fc8/'
+  config.init_pretrain = None
+
+  config.checkpoint_every = 5_000
+  config.keep_steps = ()
+  config.log_every = 100
+
+  if arg.runlocal:
+    pretrain_dir, pretrain = PRETRAINING.demo_run(arg.data_dir)
+    if not arg.init_from:
+      config.init_from = pretrain_dir
+      config.init_pretrain = pretrain
+      if arg.mode == 'fiftyfifty':  # Its 50K snapshot, scaled.
+        config.init_step = min(s for s in pretrain.keep_steps
+                               if s * 310 >= 50 * pretrain.total_steps)
+    config.model.width = pretrain.model.width
+    config.input.update(batch_size=64, image_size=DEMO_SIZE,
+                        context=round(16 * DEMO_SIZE / 227))
+    config.eval.update(batch_size=64, num_batches=8)
+    config.total_steps = arg.total_steps or 400
+    config.optim.stepsize = config.total_steps * 2 // 7  # 20K of 70K
+    config.checkpoint_every = 100
+    config.eval_every = 200
+    config.log_every = 20
+  return config
