@@ -112,6 +112,7 @@ def test_equally_spaced_search_equals_binary_search():
 def test_rank_thresholds_match_loop():
   rng = np.random.default_rng(3)
   acts = quantised_acts(rng, (20, 2, 2, 4), zero_filter=1)
+  acts[..., 3] -= 2.0                        # negative scores sort too
   labels = rng.integers(0, 3, 20)
   grid = entropy.rank_thresholds(acts, 'label', 7, filter_chunk=3)
   for f in range(4):
