@@ -6,6 +6,7 @@ written to the workdir, then one call into the task registry.
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
 
 from absl import app
@@ -26,8 +27,17 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietCheckpointing(python_logging.Filter):
+  """Drops Orbax's INFO chatter so progress lines stay readable."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return (record.levelno >= python_logging.WARNING or
+            '/orbax/' not in record.pathname)
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()

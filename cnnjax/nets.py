@@ -124,7 +124,11 @@ def resolve(config: ml_collections.ConfigDict, name: str,
       raise ValueError(f'net {name!r} has no finetuning config in '
                        f'config.nets.finetune (have {sorted(nets.finetune)})')
     checkpoint = os.path.join(workdir, 'nets', name)
-    train.run(nets.finetune[name], checkpoint)
+    finetune = ml_collections.ConfigDict(nets.finetune[name].to_dict())
+    # Share the experiment's selective-search cache instead of redoing it.
+    finetune.input.proposals_dir = (finetune.input.proposals_dir or
+                                    os.path.join(workdir, 'proposals'))
+    train.run(finetune, checkpoint)
     step = None
   shapes = checkpoints.load_params(checkpoint, step)
   mean = (preprocess.mean_image(os.path.expanduser(nets.mean_path))

@@ -11,6 +11,7 @@ import importlib
 from typing import Callable
 
 TASKS = {
+    'detect': 'cnnjax.detection.task:run',
     'train': 'cnnjax.train:run',
 }
 
