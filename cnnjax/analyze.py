@@ -145,7 +145,7 @@ def _rows_per_chunk(view: store_lib.LayerView, chunk_elements: int) -> int:
 def spatial_max(view: store_lib.LayerView,
                 chunk_elements: int = entropy.DEFAULT_CHUNK_ELEMENTS
                 ) -> np.ndarray:
-  """Every row's per-filter spatial maximum, streamed: [N, H, W, F] -> [N, F]."""
+  """Each row's per-filter spatial max, streamed: [N, H, W, F] -> [N, F]."""
   rows = _rows_per_chunk(view, chunk_elements)
   return np.concatenate([np.asarray(ablations.sp_max(chunk))
                          for _, chunk in view.iter_chunks(rows)])
@@ -391,7 +391,8 @@ def selectivity_report(stores: Stores, out_dir: str, *, layer: str = 'pool5',
     row = {}
     for net in results:
       pick = slice(None) if name == 'mean' else k
-      row[f'{net}/selectivity'] = 100 * float(np.mean(best_selectivity[net][pick]))
+      row[f'{net}/selectivity'] = 100 * float(
+          np.mean(best_selectivity[net][pick]))
       row[f'{net}/AP'] = 100 * float(np.mean(best_ap[net][pick]))
     rows[name] = row
   columns = [f'{net}/{what}' for what in ('selectivity', 'AP')
@@ -401,9 +402,10 @@ def selectivity_report(stores: Stores, out_dir: str, *, layer: str = 'pool5',
       title=f'{layer}: the best single filter per class, selectivity (area '
       'under the precision curve, %) and AP (%) on VOC07 test GT boxes'))
   for net, r in results.items():
-    listing = {name: {'selective filters': ' '.join(map(str, r['selective'][k])),
-                      'best-AP filters': ' '.join(map(str, r['best'][k]))}
-               for k, name in enumerate(VOC_CLASSES)}
+    listing = {
+        name: {'selective filters': ' '.join(map(str, r['selective'][k])),
+               'best-AP filters': ' '.join(map(str, r['best'][k]))}
+        for k, name in enumerate(VOC_CLASSES)}
     files += tables.write_table(
         os.path.join(out_dir, f'top_filters_{net}'), listing,
         ['selective filters', 'best-AP filters'], row_header='class',
@@ -420,7 +422,8 @@ def selectivity_report(stores: Stores, out_dir: str, *, layer: str = 'pool5',
       VOC_CLASSES, max_recall=max_recall,
       title=f'{layer}: PR curves of the {top} best filters per class by AP '
       '(seeds fig 3-2)'))
-  return {'selectivity': {n: _per_class(v) for n, v in best_selectivity.items()},
+  return {'selectivity': {n: _per_class(v)
+                          for n, v in best_selectivity.items()},
           'ap': {n: _per_class(v) for n, v in best_ap.items()},
           'mean_selectivity': {n: float(v.mean())
                                for n, v in best_selectivity.items()},

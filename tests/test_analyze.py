@@ -356,7 +356,7 @@ def test_minibatch_cka_streams_batches_of_at_least_batch_size(data):
   y = b.layer('fc7').read().astype(np.float64)
   halves = [(x[:30], y[:30]), (x[30:], y[30:])]
   sums = [sum(_reference_hsic(p @ p.T, q @ q.T) for p, q in pairs)
-          for pairs in ([(p, q) for p, q in halves], [(p, p) for p, _ in halves],
+          for pairs in (halves, [(p, p) for p, _ in halves],
                         [(q, q) for _, q in halves])]
   assert batched == pytest.approx(sums[0] / np.sqrt(sums[1] * sums[2]),
                                   abs=1e-5)

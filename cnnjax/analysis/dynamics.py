@@ -71,7 +71,7 @@ def filter_grid(kernel, columns: Optional[int] = None, pad: int = 1,
   columns = columns or math.ceil(math.sqrt(num))
   rows = math.ceil(num / columns)
   cells = np.full((rows * columns, kh + pad, kw + pad, 3), background,
-                  np.float32)                              # [R*Q, kh+p, kw+p, 3]
+                  np.float32)                       # [R*Q, kh+p, kw+p, 3]
   cells[:num, :kh, :kw] = tiles
   grid = cells.reshape(rows, columns, kh + pad, kw + pad, 3)
   grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * (kh + pad),

@@ -59,9 +59,9 @@ def _class_panels(plt, num_classes: int):
 
 def _log_x(ax) -> None:
   """Log x-axis without minor ticks (hundreds of tick artists per panel)."""
-  from matplotlib.ticker import NullLocator  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   ax.set_xscale('log')
-  ax.xaxis.set_minor_locator(NullLocator())
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
 def _net_legend(fig, nets: Sequence[str]) -> None:
