@@ -69,6 +69,14 @@ def test_statistics_match_loop_counts_on_continuous_data_in_chunks():
     # 2 rows per chunk: 19 chunks, the last one padded.
     grid, stats = entropy.threshold_statistics(
         acts, labels, 5, method, num_thresholds=30, chunk_elements=2 * 96)
+    if method == 'weighted':              # a given grid: the label one
+      label_grid, _ = entropy.threshold_statistics(acts, labels, 5, 'label',
+                                                   num_thresholds=30)
+      np.testing.assert_array_equal(label_grid, grid)
+      _, given = entropy.threshold_statistics(
+          acts, labels, 5, method, thresholds=label_grid,
+          chunk_elements=2 * 96)
+      np.testing.assert_array_equal(given, stats)
     scores = acts.reshape(37, 16, 6)
     if method == 'spmax':
       scores = scores.max(axis=1, keepdims=True)
@@ -164,6 +172,12 @@ def test_hand_worked_curve_aue_mcaue_and_percent_decrease():
   np.testing.assert_allclose(
       entropy.percent_decrease(np.array([0.5, 2.0]), np.array([0.45, 2.5])),
       [10.0, -25.0], atol=1e-4)
+  summary = entropy.layer_summary(acts, labels, 2, num_thresholds=4)
+  np.testing.assert_allclose(summary['label']['aue'], [(1 + h13) / 4],
+                             atol=1e-6)
+  np.testing.assert_allclose(summary['weighted']['aue'], [h16 / 2], atol=1e-6)
+  np.testing.assert_allclose(summary['spmax']['table'],
+                             [(1 + h13) / 4] * 4, atol=1e-6)
   fractions, curve = entropy.mcaue_curve(entropy.mcaue(np.arange(96.0)))
   assert fractions.shape == (30,) and fractions[-1] == 1.0
   # k/30 of 96 filters: ceil(3.2 k); k = 10 -> exactly 32, mean of 0..31.

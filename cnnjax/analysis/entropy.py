@@ -412,8 +412,10 @@ def threshold_statistics(acts, labels, num_classes: int,
     labels: [N] int in [0, num_classes).
     num_classes: C.
     method: one of METHODS.
-    num_thresholds: T >= 2.
-    thresholds: 'linear' (min to max, SPEC default) or 'rank'.
+    num_thresholds: T >= 2 (taken from a given grid).
+    thresholds: 'linear' (min to max, SPEC default), 'rank', or a given
+      [F, T] grid (skips the first pass; e.g. 'label' and 'weighted' share
+      their samples, hence their linear grid).
     valid: optional bool [N] marking real rows (e.g. the padding mask of a
       store's `to_sharded_jax`).
     chunk_elements: activation values per kernel call (bounds memory: the
@@ -428,7 +430,8 @@ def threshold_statistics(acts, labels, num_classes: int,
       [0, num_classes), or no valid example.
   """
   check_method(method)
-  if thresholds not in THRESHOLD_KINDS:
+  given = not isinstance(thresholds, str)
+  if not given and thresholds not in THRESHOLD_KINDS:
     raise ValueError(f'unknown threshold kind {thresholds!r}; valid: '
                      f'{", ".join(THRESHOLD_KINDS)}')
   labels = np.asarray(labels)
@@ -448,7 +451,17 @@ def threshold_statistics(acts, labels, num_classes: int,
     rows = _rows_per_block(acts.shape, chunk_elements)
   num_chunks = math.ceil(num_rows / rows)
 
-  if thresholds == 'rank':
+  if given:
+    grid = np.asarray(thresholds, np.float32)
+    if grid.ndim != 2 or grid.shape[0] != num_filters:
+      raise ValueError(f'thresholds have shape {grid.shape}, expected '
+                       f'({num_filters}, T)')
+    num_thresholds = grid.shape[1]
+    equally_spaced = (
+        np.array_equal(grid, linear_thresholds(grid[:, 0], grid[:, -1],
+                                               num_thresholds))
+        and grid_search_is_exact(grid[:, 0], grid[:, -1], num_thresholds))
+  elif thresholds == 'rank':
     grid = rank_thresholds(acts, method, num_thresholds, valid)
     equally_spaced = False
   else:
@@ -563,20 +576,35 @@ def percent_decrease(mcaue_pre, mcaue_ft):
   return 100.0 * (pre - jnp.asarray(mcaue_ft, jnp.float32)) / pre
 
 
-def layer_summary(acts, labels, num_classes: int, method: str = 'label',
+def layer_summary(acts, labels, num_classes: int,
+                  methods: Sequence[str] = METHODS,
                   num_thresholds: int = 100, thresholds: str = 'linear',
                   valid=None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-                  ) -> dict[str, Any]:
-  """Everything seeds chapter 2 reports for one layer, net and method.
+                  ) -> dict[str, dict[str, np.ndarray]]:
+  """Everything seeds chapter 2 reports for one layer of one net.
+
+  'label' and 'weighted' share their samples, so with linear thresholds
+  the second reuses the first's grid and skips a pass over the layer.
 
   Returns:
-    dict of numpy arrays: 'aue' [F], 'mcaue' [F], 'table' [4] (MCAuE at
-    TABLE_FRACTIONS), 'curve' [30] (MCAuE at k/30).
+    method -> dict of numpy arrays: 'aue' [F], 'mcaue' [F], 'table' [4]
+    (MCAuE at TABLE_FRACTIONS), 'curve' [30] (MCAuE at k/30).
   """
-  curves = entropy_curves(acts, labels, num_classes, method, num_thresholds,
-                          thresholds, valid, chunk_elements)
-  layer_aue = aue(curves)
-  cumulative = mcaue(layer_aue)
-  return {'aue': np.asarray(layer_aue), 'mcaue': np.asarray(cumulative),
-          'table': np.asarray(mcaue_at(cumulative)),
-          'curve': np.asarray(mcaue_curve(cumulative)[1])}
+  summaries, shared_grid = {}, None
+  for method in methods:
+    grid = thresholds
+    if (method in ('label', 'weighted') and thresholds == 'linear'
+        and shared_grid is not None):
+      grid = shared_grid
+    grid, statistics = threshold_statistics(
+        acts, labels, num_classes, method, num_thresholds, grid, valid,
+        chunk_elements)
+    if method in ('label', 'weighted'):
+      shared_grid = grid
+    layer_aue = aue(entropy_from_statistics(statistics))
+    cumulative = mcaue(layer_aue)
+    summaries[method] = {
+        'aue': np.asarray(layer_aue), 'mcaue': np.asarray(cumulative),
+        'table': np.asarray(mcaue_at(cumulative)),
+        'curve': np.asarray(mcaue_curve(cumulative)[1])}
+  return summaries
