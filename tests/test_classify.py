@@ -347,3 +347,17 @@ def test_config_errors_name_the_key():
   config.ablations = ('unroll', 'shuffle')
   with pytest.raises(ValueError, match='config.ablations'):
     classify.run(config, '/nonexistent')
+
+
+@pytest.mark.slow
+def test_runlocal_pascal_cls_end_to_end(tmp_path):
+  """The demo config from nothing: demo pretraining (cached), features, SVMs."""
+  config = config_lib.load_sibling_config(
+      os.path.join(os.path.dirname(__file__), '..', 'configs', 'x.py'),
+      'pascal_cls.py', 'runlocal,layers=pool5+fc7')
+  summary = classify.run(config, str(tmp_path))
+  test = datasets.voc_split(config.data, 'test')
+  chance = np.mean([np.mean(voc.cls_labels(test)[:, k] > 0)
+                    for k in range(len(voc.VOC_CLASSES))]) * 100
+  for layer in ('pool5', 'fc7'):
+    assert summary['map'][layer]['pretrained'] > 2 * chance, summary['map']
