@@ -189,7 +189,14 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, *,
   Returns:
     The probe (weights and biases act on `features * scale`).
   """
-  scale = probes.scale_features(features, svm.target_norm)
+  if features.any():
+    scale = probes.scale_features(features, svm.target_norm)
+  else:
+    # A dead layer (every unit zero on every example, e.g. a net that has
+    # not learned): nothing to scale; the SVMs reduce to their biases and
+    # the AP to that of constant scores, which is the honest answer.
+    logging.warning('fit_probe: every training feature is zero (dead layer)')
+    scale = 1.0
   targets, mask = train_targets(labels, label0)
   weights, biases = probes.fit_linear_svm(
       features * np.float32(scale), targets, C=svm.C,

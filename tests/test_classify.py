@@ -134,6 +134,14 @@ def test_cell_equals_sklearn_reference(tiny_split, layer, ablation,
   assert np.all(ap > 0.4), ap     # the reference learns (chance ~0.33)
 
 
+def test_dead_layer_gives_constant_scores():
+  labels = _one_hot_labels(np.arange(12) % _CLASSES, _CLASSES)
+  probe = classify.fit_probe(np.zeros((12, _FILTERS), np.float32), labels)
+  assert probe.scale == 1.0 and not probe.weights.any()
+  scores = classify.probe_scores(probe, np.ones((5, _FILTERS), np.float32))
+  np.testing.assert_array_equal(scores, np.broadcast_to(probe.biases, (5, 3)))
+
+
 def test_train_targets_hand_worked():
   labels = np.array([[1, -1], [0, 1], [-1, 0]], np.int8)
   targets, mask = classify.train_targets(labels, 'ignore')
