@@ -4,11 +4,22 @@ Input: NHWC float32, BGR, raw 0..255 minus the ImageNet mean (the data layer
 does that). `model.apply` returns `(logits, out)` where `out` maps every Caffe
 blob name to its value; jit prunes the blobs a caller does not use, so a probe
 only has to name a layer.
+
+Speed on CPU (bench/bench_caffenet.py, bench/README.md): the layers whose
+XLA autodiff is slow on CPU have hand-written backward passes with Caffe's
+own semantics: max pooling routes each gradient to the first maximum of its
+window (Caffe's scan order) through one scatter, LRN uses Caffe's closed-form
+gradient, and bias gradients are matmuls. Pooling is applied to the
+pre-activation and the ReLU after it (max and ReLU commute, bit for bit), so
+the training step never touches the full-resolution ReLU. Jit the step with
+`compiler_options()` on CPU.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -35,6 +46,24 @@ _FC_SPECS = {'fc6': (4096, 0.005, 1.0), 'fc7': (4096, 0.005, 1.0)}
 _FC8_STD = 0.01
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 1.0
+
+# XLA:CPU hands matmuls and convolutions to YNNPACK by default; on CaffeNet's
+# shapes XLA's own (Eigen) kernels are 1.2-4x faster (fc6 at batch 32: ~4x,
+# conv3 weight gradient ~2x), measured in bench/bench_caffenet.py.
+_CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def compiler_options(backend: Optional[str] = None) -> dict[str, str]:
+  """`jax.jit(..., compiler_options=...)` for CaffeNet on `backend`.
+
+  Args:
+    backend: 'cpu', 'gpu', ...; the default backend when None.
+
+  Returns:
+    XLA options that speed CaffeNet up on CPU; empty on other backends.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  return dict(_CPU_COMPILER_OPTIONS) if backend == 'cpu' else {}
 
 
 def scaled_channels(channels: int, width: float, grouped: bool) -> int:
@@ -67,26 +96,151 @@ def grouped_conv2d(x, kernel, stride: int, pad: int, groups: int):
       [conv2d(xg, kg, stride, pad) for xg, kg in zip(xs, ks)], axis=-1)
 
 
-def max_pool_ceil(x, window: int = 3, stride: int = 2):
-  """Caffe max pooling: output size rounds up (equals VALID at 227 input)."""
-  h, w = x.shape[1], x.shape[2]
-  out_h = -(-(h - window) // stride) + 1
-  out_w = -(-(w - window) // stride) + 1
-  pad_h = (out_h - 1) * stride + window - h
-  pad_w = (out_w - 1) * stride + window - w
+def _ceil_pool_geometry(size: int, window: int, stride: int):
+  """(output size, bottom/right padding) of Caffe's ceil-mode pooling."""
+  out = -(-(size - window) // stride) + 1
+  return out, (out - 1) * stride + window - size
+
+
+def _reduce_window_max(x, window: int, stride: int):
+  _, pad_h = _ceil_pool_geometry(x.shape[1], window, stride)
+  _, pad_w = _ceil_pool_geometry(x.shape[2], window, stride)
   return jax.lax.reduce_window(
       x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
       ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool_ceil(x, window: int = 3, stride: int = 2):
+  """Caffe max pooling: output size rounds up (equals VALID at 227 input).
+
+  The gradient goes to the first maximum of each window in Caffe's scan
+  order (rows, then columns), as Caffe's backward pass does; XLA's own
+  pooling gradient is several times slower on CPU.
+  """
+  return _reduce_window_max(x, window, stride)
+
+
+def _max_pool_fwd(x, window, stride):
+  return _reduce_window_max(x, window, stride), x
+
+
+def _first_max_positions(x, window: int, stride: int):
+  """Flat index, within its image, of each window's first maximum.
+
+  Returns:
+    int32 [B, OH, OW, C]: (row * W + col) * C + channel in x.
+  """
+  _, height, width, channels = x.shape
+  out_h, pad_h = _ceil_pool_geometry(height, window, stride)
+  out_w, pad_w = _ceil_pool_geometry(width, window, stride)
+  padded = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)),
+                   constant_values=-jnp.inf)  # never a maximum
+  best = shift = None
+  for dy in range(window):
+    for dx in range(window):
+      view = jax.lax.slice(
+          padded, (0, dy, dx, 0),
+          (padded.shape[0], dy + stride * (out_h - 1) + 1,
+           dx + stride * (out_w - 1) + 1, channels),
+          (1, stride, stride, 1))                            # [B, OH, OW, C]
+      if best is None:
+        best, shift = view, jnp.zeros(view.shape, jnp.int32)
+      else:
+        larger = view > best  # strict: ties keep the earlier position
+        best = jnp.where(larger, view, best)
+        shift = jnp.where(larger, (dy * width + dx) * channels, shift)
+  rows = stride * jnp.arange(out_h, dtype=jnp.int32)[:, None, None]
+  cols = stride * jnp.arange(out_w, dtype=jnp.int32)[:, None]
+  window_start = ((rows * width + cols) * channels
+                  + jnp.arange(channels, dtype=jnp.int32))   # [OH, OW, C]
+  return window_start + shift
+
+
+def _max_pool_bwd(window, stride, x, g):
+  batch = x.shape[0]
+  positions = _first_max_positions(x, window, stride).reshape(batch, -1, 1)
+  dx = jnp.zeros((batch, x.size // batch), g.dtype)          # [B, H*W*C]
+  dx = jax.lax.scatter_add(
+      dx, positions, g.reshape(batch, -1), _SCATTER_PER_IMAGE,
+      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  return (dx.reshape(x.shape),)
+
+
+# dx[b, positions[b, i]] += g[b, i]
+_SCATTER_PER_IMAGE = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(), inserted_window_dims=(1,),
+    scatter_dims_to_operand_dims=(1,), operand_batching_dims=(0,),
+    scatter_indices_batching_dims=(0,))
+
+max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _channel_window_sum(v, size: int):
+  """Sum over channels c-size//2..c+size//2, zero outside [0, C)."""
+  half = size // 2
+  channels = v.shape[-1]
+  padded = jnp.pad(v, ((0, 0),) * (v.ndim - 1) + ((half, half),))
+  return sum(padded[..., i:i + channels] for i in range(size))
+
+
+def _negative_power(scale, beta: float):
+  """scale ** -beta; Caffe's beta 0.75 as rsqrt(s) * s ** -0.25 (no pow)."""
+  if beta == 0.75:
+    inv_sqrt = jax.lax.rsqrt(scale)
+    return inv_sqrt * jnp.sqrt(inv_sqrt)
+  return jnp.power(scale, -beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def local_response_norm(x, size: int = LRN_SIZE, alpha: float = LRN_ALPHA,
                         beta: float = LRN_BETA, k: float = LRN_K):
-  """Caffe ACROSS_CHANNELS LRN: x / (k + alpha/n * sum of squares)^beta."""
-  half = size // 2
-  sq = jnp.pad(jnp.square(x), ((0, 0), (0, 0), (0, 0), (half, half)))
-  channels = x.shape[-1]
-  window_sum = sum(sq[..., i:i + channels] for i in range(size))
-  return x / jnp.power(k + (alpha / size) * window_sum, beta)
+  """Caffe ACROSS_CHANNELS LRN: x / (k + alpha/n * sum of squares)^beta.
+
+  The backward pass is Caffe's closed form (XLA's autodiff of the shifted
+  sums and the power is ~6x slower on CPU).
+  """
+  return _lrn_fwd(x, size, alpha, beta, k)[0]
+
+
+def _lrn_fwd(x, size, alpha, beta, k):
+  scale = k + (alpha / size) * _channel_window_sum(jnp.square(x), size)
+  y = x * _negative_power(scale, beta)
+  return y, (x, y, scale)
+
+
+def _lrn_bwd(size, alpha, beta, k, residuals, g):
+  # dx_j = g_j s_j^-beta - 2 alpha beta / n * x_j * sum_{c near j} g_c y_c / s_c
+  del k
+  x, y, scale = residuals
+  return (g * _negative_power(scale, beta)
+          - (2 * alpha * beta / size) * x
+          * _channel_window_sum(g * y / scale, size),)
+
+
+local_response_norm.defvjp(_lrn_fwd, _lrn_bwd)
+
+
+@jax.custom_vjp
+def add_bias(x, bias):
+  """x + bias along the last axis, whose bias gradient is a matmul.
+
+  XLA:CPU's reduction for the bias gradient (sum over batch and space) is
+  up to 10x slower than a ones-vector matmul on CaffeNet's shapes.
+  """
+  return x + bias
+
+
+def _add_bias_fwd(x, bias):
+  return x + bias, None
+
+
+def _add_bias_bwd(_, g):
+  rows = g.reshape(-1, g.shape[-1])                          # [N, C]
+  return g, jnp.ones((rows.shape[0],), g.dtype) @ rows
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def caffe_flatten(x):
@@ -95,7 +249,11 @@ def caffe_flatten(x):
 
 
 class CaffeConv(nn.Module):
-  """Convolution + ReLU with Caffe's init; `kernel` is HWIO, I = in/groups."""
+  """Convolution + bias (+ ReLU) with Caffe's init; `kernel` is HWIO, I = in/groups.
+
+  `relu=False` returns the pre-activation, for a max pooling that applies the
+  ReLU after it (cheaper, same values).
+  """
   features: int
   kernel_size: int
   stride: int
@@ -103,6 +261,7 @@ class CaffeConv(nn.Module):
   groups: int
   init_std: float
   init_bias: float
+  relu: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -112,8 +271,9 @@ class CaffeConv(nn.Module):
         (self.kernel_size, self.kernel_size, in_per_group, self.features))
     bias = self.param('bias', nn.initializers.constant(self.init_bias),
                       (self.features,))
-    y = grouped_conv2d(x, kernel, self.stride, self.pad, self.groups) + bias
-    return jax.nn.relu(y)
+    y = add_bias(grouped_conv2d(x, kernel, self.stride, self.pad, self.groups),
+                 bias)
+    return jax.nn.relu(y) if self.relu else y
 
 
 class CaffeDense(nn.Module):
@@ -128,7 +288,18 @@ class CaffeDense(nn.Module):
                         (x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.constant(self.init_bias),
                       (self.features,))
-    return x @ kernel + bias
+    return add_bias(x @ kernel, bias)
+
+
+def _caffe_init(name: str) -> tuple[float, float]:
+  """(Gaussian std of the weights, constant bias) of layer `name` (SPEC 1)."""
+  if name in _CONV_SPECS:
+    return _CONV_SPECS[name][5:]
+  if name in _FC_SPECS:
+    return _FC_SPECS[name][1:]
+  if name == 'fc8':
+    return _FC8_STD, 0.0
+  raise KeyError(f'CaffeNet has no layer {name!r}')
 
 
 class CaffeNet(nn.Module):
@@ -147,43 +318,83 @@ class CaffeNet(nn.Module):
   def __call__(self, images, train: bool = False):
     out = {}
 
-    def record(name, value):
+    def cut(name, value):
       if name == self.stop_gradient_after:
         value = jax.lax.stop_gradient(value)
-      out[name] = value
       return value
 
-    def conv(name, x):
-      channels, ksize, stride, pad, groups, std, bias = _CONV_SPECS[name]
-      return CaffeConv(scaled_channels(channels, self.width, groups > 1),
-                       ksize, stride, pad, groups, std, bias, name=name)(x)
+    def record(name, value):
+      out[name] = value = cut(name, value)
+      return value
 
-    x = record('conv1', conv('conv1', images))              # [B, 55, 55, 96]
-    x = record('pool1', max_pool_ceil(x))                   # [B, 27, 27, 96]
+    def conv(name, x, relu=True):
+      channels, ksize, stride, pad, groups, _, _ = _CONV_SPECS[name]
+      std, bias = _caffe_init(name)
+      return CaffeConv(scaled_channels(channels, self.width, groups > 1),
+                       ksize, stride, pad, groups, std, bias, relu=relu,
+                       name=name)(x)
+
+    def conv_relu_pool(conv_name, pool_name, x):
+      # pool(relu(z)) == relu(pool(z)) exactly, and the first maximum is
+      # the same wherever the gradient is not zeroed by the ReLU.
+      pre = cut(conv_name, conv(conv_name, x, relu=False))
+      record(conv_name, jax.nn.relu(pre))  # computed only if asked for
+      return record(pool_name, jax.nn.relu(max_pool_ceil(pre)))
+
+    x = conv_relu_pool('conv1', 'pool1', images)            # [B, 27, 27, 96]
     x = record('norm1', local_response_norm(x))
-    x = record('conv2', conv('conv2', x))                   # [B, 27, 27, 256]
-    x = record('pool2', max_pool_ceil(x))                   # [B, 13, 13, 256]
+    x = conv_relu_pool('conv2', 'pool2', x)                 # [B, 13, 13, 256]
     x = record('norm2', local_response_norm(x))
     x = record('conv3', conv('conv3', x))                   # [B, 13, 13, 384]
     x = record('conv4', conv('conv4', x))                   # [B, 13, 13, 384]
-    x = record('conv5', conv('conv5', x))                   # [B, 13, 13, 256]
-    x = record('pool5', max_pool_ceil(x))                   # [B, 6, 6, 256]
+    x = conv_relu_pool('conv5', 'pool5', x)                 # [B, 6, 6, 256]
     x = caffe_flatten(x)                                    # [B, 9216]
     for name in ('fc6', 'fc7'):
-      features, std, bias = _FC_SPECS[name]
-      x = CaffeDense(scaled_channels(features, self.width, False), std, bias,
-                     name=name)(x)
+      std, bias = _caffe_init(name)
+      x = CaffeDense(scaled_channels(_FC_SPECS[name][0], self.width, False),
+                     std, bias, name=name)(x)
       x = record(name, jax.nn.relu(x))                      # [B, 4096]
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = CaffeDense(self.num_classes, _FC8_STD, 0.0, name='fc8')(x)
+    std, bias = _caffe_init('fc8')
+    logits = CaffeDense(self.num_classes, std, bias, name='fc8')(x)
     record('fc8', logits)                                   # [B, num_classes]
     return logits, out
 
 
 def init_params(model: CaffeNet, rng, image_size: int = 227):
-  """Caffe-initialised parameters for `model` (shapes from a 1-image trace)."""
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return jax.jit(model.init)(rng, dummy)['params']
+  """Caffe-initialised parameters for `model` (SPEC 1: Gaussian weights).
+
+  All weights come from one Gaussian draw split into the layers (the same
+  distribution as `model.init`, another stream): one random op compiles in
+  about a second, where `model.init` compiles one per layer.
+
+  Args:
+    model: the CaffeNet whose shapes (width, num_classes) to initialise.
+    rng: a jax PRNG key.
+    image_size: input side the shapes are traced at (fc6 depends on it).
+
+  Returns:
+    {layer: {'kernel', 'bias'}} float32 arrays.
+  """
+  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), dummy)['params']
+  layers = tuple((name, tuple(shapes[name]['kernel'].shape),
+                  tuple(shapes[name]['bias'].shape)) for name in shapes)
+  return _draw_caffe_init(layers, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _draw_caffe_init(layers, rng):
+  sizes = [int(np.prod(kernel_shape)) for _, kernel_shape, _ in layers]
+  normal = jax.random.normal(rng, (sum(sizes),), jnp.float32)
+  params, start = {}, 0
+  for (name, kernel_shape, bias_shape), size in zip(layers, sizes):
+    std, bias = _caffe_init(name)
+    params[name] = {
+        'kernel': normal[start:start + size].reshape(kernel_shape) * std,
+        'bias': jnp.full(bias_shape, bias, jnp.float32)}
+    start += size
+  return params
 
 
 def count_params(params) -> int:
