@@ -33,13 +33,14 @@ Outputs, cached so a rerun only computes missing cells:
 
   <workdir>/features/<net>[@<step>]/<split>_<kind>/      shared stores
   <workdir>/classify/<eval>/cells/<net>[@<step>]-<layer>-<ablation>/
-      cell.json (AP per class, mAP, scale, the settings it was computed
-      with; written last), scores.npy (test scores [M, 20]),
+      cell.json (AP per class, mAP, scale, the settings and net config it
+      was computed with; written last), scores.npy (test scores [M, 20]),
       results/comp1_cls_test_<class>.txt (pascal_cls: devkit result files)
-  <workdir>/classify/<eval>/map.{csv,md}          rows layers, columns nets
-      (Table 2.4), snapshot steps (Table 4.1) or ablations (Table 5.1)
-  <workdir>/classify/<eval>/ap_per_class.{csv,md} every cell's class APs
-  <workdir>/classify/<eval>/summary.json
+  <workdir>/classify/<eval>/<layout>/   the tables of one run, layout by_net
+      (Table 2.4: columns nets), by_step (Table 4.1: snapshot steps) or
+      by_ablation (Table 5.1: ablations); rows are layers:
+      map.{csv,md}, ap_per_class.{csv,md} (every cell's class APs),
+      summary.json
 """
 
 from __future__ import annotations
@@ -337,12 +338,23 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                        f'{", ".join(nets_lib.NET_NAMES)}')
 
 
+def _net_identity(nets: ml_collections.ConfigDict, column: Column) -> dict:
+  """The config that defines the column's net (a new net: new results)."""
+  identity = {'input_size': nets.input_size, 'mean_path': nets.mean_path}
+  if column.net == 'pretrained':
+    step = nets.pretrained_step if column.step is None else column.step
+    return {**identity, 'pretrained': nets.pretrained, 'step': step}
+  finetune = nets.finetune.get(column.net)
+  return {**identity, 'finetune': finetune.to_dict() if finetune else None}
+
+
 def _cell_settings(config: ml_collections.ConfigDict, column: Column,
                    layer: str, ablation: str) -> dict:
   """What a cached cell must have been computed with to be reused."""
   settings = {'eval': config.eval, 'net': column.tag, 'layer': layer,
               'ablation': ablation, 'svm': config.svm.to_dict(),
-              'seed': config.seed, 'data': config.data.to_dict()}
+              'seed': config.seed, 'data': config.data.to_dict(),
+              'net_config': _net_identity(config.nets, column)}
   if config.eval == 'pascal_cls':
     settings['label0'] = config.label0
   else:
@@ -420,7 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir: shared with the other experiments (nets, feature caches).
 
   Returns:
-    The summary (also written to <workdir>/classify/<eval>/summary.json).
+    The summary (also written to <workdir>/classify/<eval>/<layout>/).
   """
   _check_config(config)
   eval_name, kind = config.eval, EVALS[config.eval]
@@ -470,9 +482,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return write_outputs(config, out_dir, columns, records)
 
 
-def write_outputs(config: ml_collections.ConfigDict, out_dir: str,
+def layout_name(config: ml_collections.ConfigDict) -> str:
+  """What the map table's columns vary over: its folder name.
+
+  by_step (Table 4.1), by_ablation (Table 5.1), by_net (Table 2.4), or
+  by_net_ablation; runs of different layouts share the cells of the eval
+  but keep their own tables.
+  """
+  if config.snapshots:
+    varies = 'step'
+  elif len(config.nets_to_run) > 1 or len(config.ablations) == 1:
+    varies = 'net'
+  else:
+    varies = ''
+  if len(config.ablations) > 1:
+    varies = f'{varies}_ablation' if varies else 'ablation'
+  return f'by_{varies}'
+
+
+def write_outputs(config: ml_collections.ConfigDict, eval_dir: str,
                   columns: Sequence[Column], records: dict) -> dict:
   """The map table, per-class table and summary from the cell records."""
+  out_dir = os.path.join(eval_dir, layout_name(config))
   ablations = tuple(config.ablations)
   header = [table_column(column, ablation, columns, ablations)
             for column in columns for ablation in ablations]
@@ -498,6 +529,7 @@ def write_outputs(config: ml_collections.ConfigDict, out_dir: str,
                            title=f'{EVAL_TITLES[config.eval]}, test AP (%)')
   summary = {
       'eval': config.eval, 'paper_table': config.get('paper_table', ''),
+      'layout': layout_name(config),
       'columns': header, 'map': map_rows,
       'cells': [{'column': label, 'layer': layer, 'ablation': ablation,
                  'mAP': record['mAP'], 'ap': record['ap'],

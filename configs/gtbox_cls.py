@@ -41,10 +41,14 @@ reused):
   python -m cnnjax.main --config configs/gtbox_cls.py:runlocal \
       --workdir /tmp/voc07_demo
 
-Expected at demo scale: mAP far above chance (5% for 20 balanced classes)
-at every layer, higher at pool5/fc than at pool1; the FT vs pretrained gap
-of the seeds is not expected to show at this scale. Minutes on 2 CPU cores
-once the demo nets exist (see the README for measured figures).
+Expected at demo scale: mAP far above chance (about 5% for 20 classes) at
+every layer; the seeds' FT gain is not expected from the short demo
+finetuning. Measured (2 shared CPU cores, demo pretraining cached; FT and
+FC-FT finetuned in the run): 10 min, of which the classification is ~2 min;
+mAP pretrained / FT / FC-FT: pool1 58.4 / 58.1, pool2 48.3 / 48.5, conv3
+45.3 / 45.4, conv4 42.7 / 43.8, pool5 30.5 / 31.7, fc6 34.3 / 34.8 / 34.3,
+fc7 34.5 / 35.4 / 35.0 (on the demo's small objects the low layers win).
+A rerun: seconds.
 
 Args: runlocal, net (all = pretrained+ft+fcft | pretrained | ft | fcft),
 layers (`pool5+fc7`), ablations (`unroll+bin`), include_difficult, voc,
