@@ -146,7 +146,8 @@ def get_config(arg=None):
   config.snapshots = ()
   config.snapshot_columns = ()
   if arg.snapshots:
-    total = pretrain.total_steps if arg.runlocal else PRETRAINING.TOTAL_STEPS
+    total = (pretrain.total_steps if arg.runlocal
+             else PRETRAINING.TOTAL_STEPS)
     config.snapshots = tuple(PRETRAINING.scaled(s, total)
                              for s in TABLE_4_1_STEPS)
     config.snapshot_columns = tuple(str(s) for s in TABLE_4_1_STEPS)

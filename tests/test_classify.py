@@ -1,4 +1,4 @@
-"""The classify task: features -> ablation -> scale -> SVMs -> AP, tables, caching.
+"""The classify task: ablation, scaling, SVMs and AP; tables; caching.
 
 The core is checked against an independent reference (numpy ablations,
 sklearn's LinearSVC looped over the classes, an 11-point AP written out
