@@ -134,7 +134,8 @@ def get_config(arg=None):
     finetune[mode] = ft
   # The pretrained net and input geometry, as the finetuning config has them.
   reference = config_lib.load_sibling_config(
-      __file__, 'pascal_finetune.py', f'mode=ft,data_dir={arg.data_dir}' + local)
+      __file__, 'pascal_finetune.py',
+      f'mode=ft,data_dir={arg.data_dir}' + local)
   pretrain = reference.init_pretrain if arg.runlocal else None
   config.nets = nets_lib.nets_config(
       pretrained=reference.init_from if arg.runlocal else arg.pretrained,
