@@ -11,6 +11,8 @@ import importlib
 from typing import Callable
 
 TASKS = {
+    'analyze': 'cnnjax.analyze:run',
+    'classify': 'cnnjax.classify:run',
     'detect': 'cnnjax.detection.task:run',
     'train': 'cnnjax.train:run',
 }
