@@ -206,6 +206,18 @@ def _filter_aue(view: store_lib.LayerView, labels: np.ndarray,
   return {'aue': entropy.aue(entropy.entropy_from_statistics(statistics))}
 
 
+def _percent_decrease(pre: float, finetuned: float) -> Optional[float]:
+  """Seeds eq. 2.1, or None where it is undefined.
+
+  A reference MCAuE of 0 happens when the most selective filters are dead
+  (constant zero: their weighted entropy is 0 by SPEC 6); no percentage
+  of 0 exists, and the table shows '-' there rather than inf or NaN.
+  """
+  if pre == 0:
+    return None
+  return float(entropy.percent_decrease(pre, finetuned))
+
+
 def entropy_report(stores: Stores, out_dir: str, *, layers: Sequence[str],
                    methods: Sequence[str] = entropy.METHODS,
                    num_thresholds: int = 100, thresholds: str = 'linear',
@@ -274,8 +286,8 @@ def entropy_report(stores: Stores, out_dir: str, *, layers: Sequence[str],
     if net == REFERENCE_NET or REFERENCE_NET not in nets:
       continue
     table_2_1[net] = {
-        l: {f'{m}@{f}': float(entropy.percent_decrease(
-            at[m][REFERENCE_NET][l][i], at[m][net][l][i]))
+        l: {f'{m}@{f}': _percent_decrease(at[m][REFERENCE_NET][l][i],
+                                          at[m][net][l][i])
             for m in methods for i, f in enumerate(fractions)}
         for l in layers}
     files += tables.write_table(
@@ -287,7 +299,8 @@ def entropy_report(stores: Stores, out_dir: str, *, layers: Sequence[str],
   for method in methods:
     files.append(figures.aue_histograms(
         os.path.join(out_dir, f'fig2-1_aue_{method}.png'), aue[method],
-        title=f'AuE distribution, {method} label entropy (seeds fig 2-1)'))
+        title=f'AuE distribution, {figures.METHOD_LABELS[method]} '
+        '(seeds fig 2-1)'))
   points = np.arange(1, curve_points + 1) / curve_points
   curves = {m: {n: {l: np.asarray(entropy.mcaue_at(mcaue[m][n][l], points))
                     for l in layers} for n in nets} for m in methods}
@@ -612,7 +625,7 @@ def _snapshot_cka(stores: Sequence[store_lib.FeatureStore],
                   layers: Sequence[str], batch_size: int) -> dict[str, Any]:
   """CKA per layer of consecutive snapshots [L, S-1] and to the last [L, S]."""
   rows = np.arange(stores[0].num_rows)
-  progress = _Progress('CKA snapshots', 2 * len(stores) - 3)
+  progress = _Progress('CKA snapshots', 2 * len(stores) - 2)
   consecutive = []
   for a, b in zip(stores[:-1], stores[1:]):
     consecutive.append(layer_cka(a, b, layers, rows, batch_size))
@@ -621,7 +634,10 @@ def _snapshot_cka(stores: Sequence[store_lib.FeatureStore],
   for a in stores[:-2]:
     to_final.append(layer_cka(a, stores[-1], layers, rows, batch_size))
     progress.step('to final')
-  to_final += [consecutive[-1], np.ones(len(layers))]
+  # The last with itself: 1, or NaN for a constant (e.g. dead) layer.
+  to_final += [consecutive[-1],
+               layer_cka(stores[-1], stores[-1], layers, rows, batch_size)]
+  progress.step('final')
   return {'consecutive': np.stack(consecutive, axis=1),
           'to_final': np.stack(to_final, axis=1)}
 

@@ -132,6 +132,10 @@ def get_config(arg=None):
   config.subsets = ml_collections.ConfigDict(dict(
       nets=arg.filter_nets, layer='pool5', sizes=subsets.SUBSET_SIZES,
       top_overlap=subsets.TOP_OVERLAP, chunk_elements=chunk_elements))
+  if arg.runlocal:
+    # The seeds' top-50 of 256 pool5 filters, kept a fifth of a narrow net's.
+    config.subsets.top_overlap = max(
+        1, round(subsets.TOP_OVERLAP * reference.model.width))
   config.svm = config_lib.parse_arg(
       '', C=1e-3, pos_weight=2.0, bias_scale=10.0, tol=0.1, max_iter=1000,
       seed=0)

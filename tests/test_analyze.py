@@ -339,7 +339,7 @@ def test_similarity_report_matches_unbiased_cka(data, tmp_path):
     assert float(to_final[layer]['10']) == pytest.approx(
         _reference_cka(snaps[10][layer], snaps[30][layer]), abs=1e-4)
     assert to_final[layer]['20'] == consecutive[layer]['20->30']
-    assert float(to_final[layer]['30']) == 1.0
+    assert float(to_final[layer]['30']) == pytest.approx(1.0, abs=1e-5)
   for name in ('cka_nets.png', 'cka_snapshots.png'):
     assert name in summary['files']
     _assert_png(tmp_path / name)
@@ -432,3 +432,8 @@ def test_config_errors_name_the_key():
   config.entropy.layers = ('pool5', 'conv3')
   with pytest.raises(ValueError, match=r'config.entropy.layers'):
     analyze.run(config, '/nonexistent')
+
+
+def test_percent_decrease_is_undefined_for_a_zero_reference():
+  assert analyze._percent_decrease(2.0, 1.5) == pytest.approx(25.0)
+  assert analyze._percent_decrease(0.0, 0.3) is None      # dead filters

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from matplotlib import ticker
 import numpy as np
 
 from cnnjax.reporting import tables
@@ -21,6 +22,8 @@ NET_COLORS = {'pretrained': 'tab:blue', 'ft': 'tab:red', 'fcft': 'tab:green',
 NET_STYLES = {'pretrained': '-.', 'ft': '-', 'fcft': ':', 'fiftyfifty': '--'}
 NET_LABELS = {'pretrained': 'pretrained (Alex-Net)', 'ft': 'FT',
               'fcft': 'FC-FT', 'fiftyfifty': '50-50'}
+METHOD_LABELS = {'label': 'label entropy', 'weighted': 'weighted label entropy',
+                 'spmax': 'spMax label entropy'}
 
 
 def _pyplot():
@@ -51,7 +54,7 @@ def _class_panels(plt, num_classes: int):
   fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows),
                            squeeze=False, sharex='all', sharey='all')
   fig.subplots_adjust(left=0.05, right=0.98, bottom=0.07, top=0.9,
-                      wspace=0.08, hspace=0.3)
+                      wspace=0.12, hspace=0.3)
   for ax in axes.flat[num_classes:]:
     ax.set_visible(False)
   return fig, list(axes.flat[:num_classes])
@@ -59,7 +62,6 @@ def _class_panels(plt, num_classes: int):
 
 def _log_x(ax) -> None:
   """Log x-axis without minor ticks (hundreds of tick artists per panel)."""
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   ax.set_xscale('log')
   ax.xaxis.set_minor_locator(ticker.NullLocator())
 
@@ -136,8 +138,7 @@ def mcaue_curves(path: str,
       for net in nets:
         ax.plot(fractions, curves[method][net][layer], color=colors[layer],
                 linestyle=NET_STYLES.get(net, '--'), lw=1.4)
-    ax.set_title(f'{method} label entropy' if method != 'label'
-                 else 'label entropy', fontsize=10)
+    ax.set_title(METHOD_LABELS.get(method, method), fontsize=10)
     ax.set_xlabel('fraction of filters (most selective first)')
     ax.set_ylabel('MCAuE (bits)')
     ax.set_xlim(0, 1)
@@ -218,6 +219,8 @@ def filter_pr_curves(path: str,
     ax.grid(alpha=0.3)
   axes[0].set_xlim(0, max_recall)
   axes[0].set_ylim(0, 1.02)
+  # Neighbouring panels touch: drop the last recall tick to keep labels apart.
+  axes[0].xaxis.set_major_locator(ticker.MaxNLocator(5, prune='upper'))
   for ax in axes[-5:]:
     ax.set_xlabel('recall')
   for ax in axes[::5]:
@@ -272,8 +275,7 @@ def _heatmap(fig, ax, matrix, row_labels: Sequence[str],
     for (i, j), value in np.ndenumerate(matrix):
       if np.isfinite(value):
         ax.text(j, i, f'{value:.2f}', ha='center', va='center', fontsize=6,
-                color='w' if value < (np.nanmax(matrix) + np.nanmin(matrix)) / 2
-                else 'k')
+                color='w' if image.norm(value) < 0.5 else 'k')
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
 
 
@@ -315,8 +317,10 @@ def training_dynamics(path: str, grids: Sequence[tuple[int, np.ndarray]],
   """
   plt = _pyplot()
   count = max(1, len(grids))
-  fig = plt.figure(figsize=(max(10.0, 1.7 * count), 7.0))
-  spec = fig.add_gridspec(2, 2 * count, height_ratios=(1.0, 1.3))
+  width = max(10.0, 2.0 * count)
+  # The filter row gets the height its square grids need at this width.
+  fig = plt.figure(figsize=(width, 4.0 + width / count))
+  spec = fig.add_gridspec(2, 2 * count, height_ratios=(width / count, 4.0))
   for i, (step, image) in enumerate(grids):
     ax = fig.add_subplot(spec[0, 2 * i:2 * i + 2])
     ax.imshow(image, interpolation='nearest')
