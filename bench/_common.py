@@ -1,4 +1,9 @@
-"""Helpers shared by the bench scripts: median-of-runs timing, JSON output."""
+"""Helpers shared by the bench scripts: median-of-runs timing, JSON output.
+
+The machine these run on is usually shared: compare against a reference
+measured in the same run (`interleaved_runs`), report ratios, and record the
+load average (`load_average`) next to the numbers.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +26,47 @@ def time_runs(fn: Callable[[], Any], runs: int = 5,
   Returns:
     median_s, min_s, max_s over the timed runs, and the run count.
   """
+  return interleaved_runs({'fn': fn}, runs=runs, warmup=warmup)['fn']
+
+
+def interleaved_runs(fns: dict[str, Callable[[], Any]], runs: int = 5,
+                     warmup: int = 1) -> dict[str, dict[str, float]]:
+  """Times several blocking closures in alternation, A B, B A, A B, ...
+
+  On a shared machine the load drifts during a benchmark; alternating the
+  contenders (and reversing the order every round) exposes them to the same
+  drift, so their ratio means something even when the times do not.
+
+  Args:
+    fns: name -> closure that blocks until its work is done.
+    runs: timed rounds; every closure runs once per round.
+    warmup: untimed rounds first (compilation, allocation).
+
+  Returns:
+    name -> {median_s, min_s, max_s, runs}.
+
+  Raises:
+    ValueError: runs < 1.
+  """
   if runs < 1:
     raise ValueError(f'runs must be >= 1, got {runs}')
+  names = list(fns)
   for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {'median_s': statistics.median(times), 'min_s': min(times),
-          'max_s': max(times), 'runs': runs}
+    for name in names:
+      fns[name]()
+  times = {name: [] for name in names}
+  for round_index in range(runs):
+    for name in names if round_index % 2 == 0 else names[::-1]:
+      start = time.perf_counter()
+      fns[name]()
+      times[name].append(time.perf_counter() - start)
+  return {name: {'median_s': statistics.median(t), 'min_s': min(t),
+                 'max_s': max(t), 'runs': runs} for name, t in times.items()}
+
+
+def load_average() -> list[float]:
+  """1, 5 and 15 minute load averages (compare with cpu_count)."""
+  return [round(value, 2) for value in os.getloadavg()]
 
 
 def machine() -> dict[str, Any]:

@@ -1,41 +1,59 @@
-r"""CaffeNet throughput: inference, FT and FC-FT train steps, JAX vs PyTorch.
+r"""CaffeNet throughput on this machine, JAX against eager PyTorch, as JSON.
 
-  python bench/bench_caffenet.py                      # batch 32 and 128
-  python bench/bench_caffenet.py --batch-sizes 32 --runs 3  # quick
+  python bench/bench_caffenet.py                             # batch 32, 128
+  python bench/bench_caffenet.py --batch-sizes 32 --runs 5   # quicker
 
-Prints JSON: images/s (median of `--runs` timed runs after one warm-up) for
-the full-width CaffeNet at 227 px in float32 on the default JAX device, for
+Modes, for the full-width CaffeNet at 227 px in float32:
 
 - inference: logits, test mode;
-- ft: a train step through every layer (SGD with momentum, dropout on);
-- fcft: conv1..conv5 frozen: `stop_gradient_after='pool5'` and gradients
-  for the fc params only, so no backward pass runs below pool5 (the study's
-  ~2x cheaper finetuning);
+- ft: one training step through every layer, the step `cnnjax.train` runs
+  (`train.make_train_step`: Caffe's SGD from `optim.caffe_optimizer`, dropout
+  on, params and optimiser state donated, jitted with
+  `caffenet.compiler_options()`);
+- fcft: the same with conv1..conv5 frozen (FC-FT): autodiff is cut at pool5,
+  so no backward pass runs below it.
 
-and, when torch is importable, the same for an eager PyTorch CaffeNet
-(channels_last), with jax/torch ratios. The plain momentum SGD here stands in
-for the Caffe solver: its cost is negligible next to the network.
+The PyTorch reference is the same network run eagerly, channels_last,
+`torch.optim.SGD` with momentum, 2 threads, the conv layers under `no_grad`
+for FC-FT; it is skipped with a message when torch is not installed.
+
+For every (batch, mode) the JAX and PyTorch steps alternate (A B, B A, ...;
+median of `--runs` after `--warmup`), so the ratio holds on a shared,
+noisy machine; the load average is recorded before and after. JSON:
+`results` (images/s per framework, mode, batch), `jax_over_torch` (speed
+ratio, > 1 means JAX is faster) and `fcft_over_ft` (FC-FT step time / FT
+step time; the study's cheaper finetuning, <= 0.6 expected).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-from typing import Any, Callable
+import os
+import sys
+from typing import Any, Callable, Optional
 
-import _common
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from cnnjax.models import caffenet
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from cnnjax import optim  # noqa: E402
+from cnnjax import train  # noqa: E402
+from cnnjax.models import caffenet  # noqa: E402
 
 MODES = ('inference', 'ft', 'fcft')
-FC_LAYERS = ('fc6', 'fc7', 'fc8')
-LEARNING_RATE = 1e-3
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+BASE_LR = 1e-3
 MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
 IMAGE_SIZE = 227
+TORCH_THREADS = 2
+
+# A step closure factory: (images, labels) -> closure running one blocking step.
+StepFactory = Callable[[np.ndarray, np.ndarray], Callable[[], Any]]
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,71 +61,82 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--batch-sizes', default='32,128',
                       help='comma-separated batch sizes')
   parser.add_argument('--runs', type=int, default=5,
-                      help='timed runs per measurement (median reported)')
+                      help='timed rounds per measurement (median reported)')
   parser.add_argument('--warmup', type=int, default=1,
-                      help='untimed runs first (compilation, allocation)')
+                      help='untimed rounds first (compilation, allocation)')
   parser.add_argument('--modes', default=','.join(MODES),
                       help=f'subset of {",".join(MODES)}')
+  parser.add_argument('--num-classes', type=int, default=1000,
+                      help='fc8 outputs (1000: ImageNet; 21: VOC windows)')
   parser.add_argument('--no-torch', action='store_true',
-                      help='skip the PyTorch comparison')
+                      help='skip the PyTorch reference')
   return parser.parse_args()
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def jax_step_fns(params, num_classes: int,
+                 options: Optional[dict[str, Any]] = None
+                 ) -> dict[str, StepFactory]:
+  """mode -> factory of a blocking closure running one JAX step.
 
+  The factories compile before returning (so a caller can compile variants
+  of the model side by side, e.g. bench_steps.py's ablations).
 
-def jax_step_fns(params) -> dict[str, Callable[..., Callable[[], Any]]]:
-  """mode -> (images, labels) -> a blocking closure running one step."""
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-  model = caffenet.CaffeNet()
-  model_fcft = caffenet.CaffeNet(stop_gradient_after='pool5')
-
-  @jax.jit
-  def infer(params, images):
-    return model.apply({'params': params}, images)[0]
-
-  @functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-  def train_step(net, trainable, opt_state, frozen, images, labels, rng):
-    def loss_fn(trainable):
-      logits, _ = net.apply({'params': {**frozen, **trainable}}, images,
-                            train=True, rngs={'dropout': rng})
-      return _cross_entropy(logits, labels)
-
-    loss, grads = jax.value_and_grad(loss_fn)(trainable)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    return optax.apply_updates(trainable, updates), opt_state, loss
+  Args:
+    params: full-width CaffeNet params.
+    num_classes: fc8 outputs of `params`.
+    options: XLA compiler options; `caffenet.compiler_options()` if None.
+  """
+  options = caffenet.compiler_options() if options is None else options
+  model = caffenet.CaffeNet(num_classes=num_classes)
 
   def make_infer(images, labels):
     del labels
+    images = jnp.asarray(images)
+    infer = jax.jit(lambda p, x: model.apply({'params': p}, x)[0],
+                    compiler_options=options).lower(params, images).compile()
     return lambda: jax.block_until_ready(infer(params, images))
 
-  def make_train(net, trainable_names, images, labels):
-    # A private copy: the step donates (overwrites) the buffers it trains.
-    trainable = {k: jax.tree_util.tree_map(jnp.copy, params[k])
-                 for k in trainable_names}
-    state = {'trainable': trainable, 'rng': jax.random.key(0)}
-    state['opt'] = tx.init(state['trainable'])
-    frozen = {k: v for k, v in params.items() if k not in trainable_names}
+  def make_train(frozen_layers, images, labels):
+    rules = (optim.freeze_rules(frozen_layers) + optim.new_head_rules('fc8') +
+             optim.DEFAULT_RULES)
+    boundary = optim.frozen_boundary(params, rules)
+    net = caffenet.CaffeNet(num_classes=num_classes,
+                            stop_gradient_after=boundary)
+    tx = optim.caffe_optimizer(params, rules, base_lr=BASE_LR, gamma=0.1,
+                               stepsize=20_000, momentum=MOMENTUM,
+                               weight_decay=WEIGHT_DECAY)
+    # A private copy: the step donates (overwrites) what it is given.
+    state = {'params': jax.tree_util.tree_map(jnp.copy, params), 'step': 0}
+    state['opt'] = tx.init(state['params'])
+    batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+    step_fn = jax.jit(
+        train.make_train_step(net, tx, optim.frozen_mask(params, rules),
+                              seed=0),
+        donate_argnums=(0, 1), compiler_options=options).lower(
+            state['params'], state['opt'], batch, np.int32(0)).compile()
 
     def run():
-      state['rng'], rng = jax.random.split(state['rng'])
-      state['trainable'], state['opt'], loss = train_step(
-          net, state['trainable'], state['opt'], frozen, images, labels, rng)
-      jax.block_until_ready((state['trainable'], loss))
+      state['params'], state['opt'], metrics = step_fn(
+          state['params'], state['opt'], batch, np.int32(state['step']))
+      state['step'] += 1
+      jax.block_until_ready((state['params'], metrics))
     return run
 
-  return {
-      'inference': make_infer,
-      'ft': functools.partial(make_train, model, tuple(params)),
-      'fcft': functools.partial(make_train, model_fcft, FC_LAYERS),
-  }
+  return {'inference': make_infer,
+          'ft': functools.partial(make_train, ()),
+          'fcft': functools.partial(make_train, CONV_LAYERS)}
 
 
-def torch_step_fns():
-  """The same three measurements for an eager PyTorch CaffeNet."""
+def torch_step_fns(num_classes: int) -> tuple[dict[str, Any],
+                                              dict[str, StepFactory]]:
+  """The same three measurements for an eager PyTorch CaffeNet.
+
+  Raises:
+    ImportError: torch is not installed.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(TORCH_THREADS)
 
   def pool():
     return nn.MaxPool2d(3, 2, ceil_mode=True)
@@ -127,7 +156,7 @@ def torch_step_fns():
   classifier = nn.Sequential(
       nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(inplace=True),
       nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-      nn.Dropout(0.5), nn.Linear(4096, 1000))
+      nn.Dropout(0.5), nn.Linear(4096, num_classes))
   features = features.to(memory_format=torch.channels_last)
 
   def to_torch(images, labels):
@@ -137,64 +166,67 @@ def torch_step_fns():
 
   def make_infer(images, labels):
     x, _ = to_torch(images, labels)
-    features.eval()
-    classifier.eval()
 
     def run():
+      features.eval()
+      classifier.eval()
       with torch.inference_mode():
         classifier(features(x))
     return run
 
   def make_train(frozen_features, images, labels):
     x, y = to_torch(images, labels)
-    features.train()
-    classifier.train()
-    for p in features.parameters():
-      p.requires_grad_(not frozen_features)
     trainable = list(classifier.parameters())
     if not frozen_features:
       trainable += list(features.parameters())
-    optimizer = torch.optim.SGD(trainable, lr=LEARNING_RATE,
-                                momentum=MOMENTUM)
+    optimizer = torch.optim.SGD(trainable, lr=BASE_LR, momentum=MOMENTUM,
+                                weight_decay=WEIGHT_DECAY)
 
     def run():
+      # Modes alternate within a round: set this one's state every call.
+      features.train()
+      classifier.train()
+      for p in features.parameters():
+        p.requires_grad_(not frozen_features)
       optimizer.zero_grad(set_to_none=True)
-      if frozen_features:
-        with torch.no_grad():
-          pooled = features(x)
-      else:
+      with torch.set_grad_enabled(not frozen_features):
         pooled = features(x)
       loss = nn.functional.cross_entropy(classifier(pooled), y)
       loss.backward()
       optimizer.step()
     return run
 
-  info = {'version': torch.__version__, 'threads': torch.get_num_threads()}
-  return info, {
-      'inference': make_infer,
-      'ft': functools.partial(make_train, False),
-      'fcft': functools.partial(make_train, True),
-  }
+  info = {'version': torch.__version__, 'threads': torch.get_num_threads(),
+          'memory_format': 'channels_last'}
+  return info, {'inference': make_infer,
+                'ft': functools.partial(make_train, False),
+                'fcft': functools.partial(make_train, True)}
 
 
-def measure(framework, step_fns, modes, batch_sizes, args):
+def measure(step_fns: dict[str, dict[str, StepFactory]], modes, batch_sizes,
+            args, num_classes: int) -> list[dict[str, Any]]:
+  """Rows of images/s; the frameworks alternate within each (batch, mode)."""
   rows = []
   rng = np.random.default_rng(0)
   for batch in batch_sizes:
     images = rng.normal(0, 50, (batch, IMAGE_SIZE, IMAGE_SIZE, 3))
     images = images.astype(np.float32)  # [B, H, W, 3] BGR minus mean
-    labels = rng.integers(0, 1000, batch).astype(np.int32)
+    labels = rng.integers(0, num_classes, batch).astype(np.int32)
     for mode in modes:
-      _common.log(f'{framework} {mode} batch {batch}: '
-                  f'{args.warmup} warm-up + {args.runs} runs')
-      if framework == 'jax':
-        run = step_fns[mode](jnp.asarray(images), jnp.asarray(labels))
-      else:
-        run = step_fns[mode](images, labels)
-      timing = _common.time_runs(run, runs=args.runs, warmup=args.warmup)
-      rows.append({'framework': framework, 'mode': mode, 'batch': batch,
-                   'images_per_s': batch / timing['median_s'], **timing})
-      _common.log(f'  {rows[-1]["images_per_s"]:.1f} images/s')
+      _common.log(f'{mode} batch {batch}: {args.warmup} warm-up + '
+                  f'{args.runs} rounds of {", ".join(step_fns)}')
+      runs = {framework: fns[mode](images, labels)
+              for framework, fns in step_fns.items()}
+      load_before = _common.load_average()
+      timings = _common.interleaved_runs(runs, runs=args.runs,
+                                         warmup=args.warmup)
+      load_after = _common.load_average()
+      for framework, timing in timings.items():
+        rows.append({'framework': framework, 'mode': mode, 'batch': batch,
+                     'images_per_s': batch / timing['median_s'], **timing,
+                     'load_average': {'before': load_before,
+                                      'after': load_after}})
+        _common.log(f'  {framework}: {rows[-1]["images_per_s"]:.2f} images/s')
   return rows
 
 
@@ -206,36 +238,41 @@ def main():
   if unknown:
     raise SystemExit(f'unknown modes {sorted(unknown)}; valid: {MODES}')
 
-  params = caffenet.init_params(caffenet.CaffeNet(), jax.random.key(0))
+  params = caffenet.init_params(caffenet.CaffeNet(num_classes=args.num_classes),
+                                jax.random.key(0))
   report = {
-      'benchmark': 'caffenet', 'image_size': IMAGE_SIZE,
-      'dtype': 'float32', 'machine': _common.machine(),
+      'benchmark': 'caffenet', 'image_size': IMAGE_SIZE, 'dtype': 'float32',
+      'num_classes': args.num_classes, 'machine': _common.machine(),
+      'load_average_start': _common.load_average(),
       'jax': {'version': jax.__version__,
               'device': str(jax.devices()[0].device_kind),
+              'compiler_options': caffenet.compiler_options(),
               'params': caffenet.count_params(params)},
   }
-  rows = measure('jax', jax_step_fns(params), modes, batch_sizes, args)
-  if not args.no_torch:
+  step_fns = {'jax': jax_step_fns(params, args.num_classes)}
+  if args.no_torch:
+    report['torch'] = 'skipped (--no-torch)'
+  else:
     try:
-      torch_info, torch_fns = torch_step_fns()
-    except ImportError:
-      report['torch'] = None
-    else:
-      report['torch'] = torch_info
-      rows += measure('torch', torch_fns, modes, batch_sizes, args)
+      report['torch'], step_fns['torch'] = torch_step_fns(args.num_classes)
+    except ImportError as e:
+      report['torch'] = f'skipped: torch is not importable ({e})'
+      _common.log(report['torch'])
+  rows = measure(step_fns, modes, batch_sizes, args, args.num_classes)
   report['results'] = rows
+  report['load_average_end'] = _common.load_average()
 
-  speed = {(r['framework'], r['mode'], r['batch']): r['images_per_s']
-           for r in rows}
+  seconds = {(r['framework'], r['mode'], r['batch']): r['median_s']
+             for r in rows}
   report['jax_over_torch'] = [
       {'mode': m, 'batch': b,
-       'ratio': speed['jax', m, b] / speed['torch', m, b]}
-      for m in modes for b in batch_sizes if ('torch', m, b) in speed]
+       'speed_ratio': seconds['torch', m, b] / seconds['jax', m, b]}
+      for b in batch_sizes for m in modes if ('torch', m, b) in seconds]
   report['fcft_over_ft'] = [
       {'framework': f, 'batch': b,
-       'ratio': speed[f, 'fcft', b] / speed[f, 'ft', b]}
-      for f in ('jax', 'torch') for b in batch_sizes
-      if (f, 'fcft', b) in speed and (f, 'ft', b) in speed]
+       'step_time_ratio': seconds[f, 'fcft', b] / seconds[f, 'ft', b]}
+      for f in step_fns for b in batch_sizes
+      if (f, 'fcft', b) in seconds and (f, 'ft', b) in seconds]
   _common.print_json(report)
 
 
