@@ -318,9 +318,11 @@ def training_dynamics(path: str, grids: Sequence[tuple[int, np.ndarray]],
   plt = _pyplot()
   count = max(1, len(grids))
   width = max(10.0, 2.0 * count)
-  # The filter row gets the height its square grids need at this width.
-  fig = plt.figure(figsize=(width, 4.0 + width / count))
-  spec = fig.add_gridspec(2, 2 * count, height_ratios=(width / count, 4.0))
+  # The filter row gets the height its square grids need at this width,
+  # plus room for their titles.
+  row = 1.25 * width / count
+  fig = plt.figure(figsize=(width, 4.0 + row))
+  spec = fig.add_gridspec(2, 2 * count, height_ratios=(row, 4.0))
   for i, (step, image) in enumerate(grids):
     ax = fig.add_subplot(spec[0, 2 * i:2 * i + 2])
     ax.imshow(image, interpolation='nearest')
@@ -343,7 +345,7 @@ def training_dynamics(path: str, grids: Sequence[tuple[int, np.ndarray]],
     ax.set_xlabel('iteration')
     ax.grid(alpha=0.3)
   fig.suptitle(title)
-  fig.tight_layout()
+  fig.tight_layout(h_pad=0.5, w_pad=0.2)
   return tables.save_figure(fig, path)
 
 
