@@ -80,3 +80,18 @@ def test_train_and_detect_on_a_separable_toy_problem(tmp_path):
     assert ap > 0.9
     # NMS at 0.3 keeps one of the two overlapping hits per image.
     assert len(found.boxes) <= 4 * len(images)
+
+
+def test_load_or_computes_once(tmp_path):
+  calls = []
+
+  def compute():
+    calls.append(1)
+    return {'w': np.arange(3.0)}
+
+  path = str(tmp_path / 'sub' / 'svm.npz')
+  first = rcnn.load_or(path, compute)
+  second = rcnn.load_or(path, compute)
+  assert len(calls) == 1
+  np.testing.assert_array_equal(first['w'], second['w'])
+  assert sorted(p.name for p in (tmp_path / 'sub').iterdir()) == ['svm.npz']

@@ -10,6 +10,7 @@ scaled to mean norm 20 on trainval before any SVM sees them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -165,3 +166,16 @@ def detect(reader: AblatedRows, scale: float, weights: np.ndarray,
           if found else Detections(np.zeros(0, int), np.zeros(0),
                                    np.zeros((0, 4), np.int32))
           for found in per_class]
+
+
+def load_or(path: str, compute: Callable[[], dict]) -> dict:
+  """The arrays cached at `path` (.npz), or computed, cached and returned."""
+  if os.path.exists(path):
+    with np.load(path) as cached:
+      return dict(cached)
+  arrays = compute()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return arrays
