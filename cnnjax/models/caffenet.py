@@ -159,19 +159,14 @@ def _first_max_positions(x, window: int, stride: int):
 
 def _max_pool_bwd(window, stride, x, g):
   batch = x.shape[0]
-  positions = _first_max_positions(x, window, stride).reshape(batch, -1, 1)
-  dx = jnp.zeros((batch, x.size // batch), g.dtype)          # [B, H*W*C]
-  dx = jax.lax.scatter_add(
-      dx, positions, g.reshape(batch, -1), _SCATTER_PER_IMAGE,
-      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  per_image = x.size // batch
+  positions = _first_max_positions(x, window, stride).reshape(batch, -1)
+  # Flat indices into the whole batch: a 1-D scatter shards like any
+  # elementwise op, where batched scatter dims trip XLA's sharding rules.
+  positions = positions + per_image * jnp.arange(batch, dtype=jnp.int32)[:, None]
+  dx = jnp.zeros((x.size,), g.dtype).at[positions.reshape(-1)].add(
+      g.reshape(-1), mode='promise_in_bounds')               # [B*H*W*C]
   return (dx.reshape(x.shape),)
-
-
-# dx[b, positions[b, i]] += g[b, i]
-_SCATTER_PER_IMAGE = jax.lax.ScatterDimensionNumbers(
-    update_window_dims=(), inserted_window_dims=(1,),
-    scatter_dims_to_operand_dims=(1,), operand_batching_dims=(0,),
-    scatter_indices_batching_dims=(0,))
 
 max_pool_ceil.defvjp(_max_pool_fwd, _max_pool_bwd)
 
