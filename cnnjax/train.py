@@ -68,7 +68,11 @@ class NonFiniteLossError(FloatingPointError):
 def make_mesh(devices: Optional[list] = None) -> jax.sharding.Mesh:
   """A 1-D ('data',) mesh over `devices` (all devices by default)."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',), devices=devices)
+  # Auto: XLA propagates shardings through the model (its reshapes need no
+  # sharding annotations, as Explicit axes would require).
+  return jax.make_mesh((len(devices),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def lr_at(optim_config: ml_collections.ConfigDict, step: int) -> float:
