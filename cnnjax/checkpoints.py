@@ -10,6 +10,7 @@ rolling latest checkpoint for resuming plus snapshot steps kept forever.
 
 from __future__ import annotations
 
+import logging as logging_lib
 import os
 from typing import Any, Iterable, Optional
 
@@ -27,6 +28,21 @@ def _item_handlers() -> dict:
   return {'params': ocp.StandardCheckpointHandler(),
           'opt_state': ocp.StandardCheckpointHandler(),
           'meta': ocp.JsonCheckpointHandler()}
+
+
+class _OrbaxInfoFilter(logging_lib.Filter):
+  """Drops orbax's INFO records (dozens per save); warnings pass."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return (record.levelno >= logging_lib.WARNING or
+            f'{os.sep}orbax{os.sep}' not in record.pathname)
+
+
+def quiet_orbax_info() -> None:
+  """Keeps a training log readable: orbax logs every save step at INFO."""
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxInfoFilter())
 
 
 def _reading_manager(manager_dir: str) -> ocp.CheckpointManager:
@@ -168,6 +184,7 @@ class TrainCheckpointer:
     self.keep_steps = frozenset(int(s) for s in keep_steps)
     self.every_steps = int(every_steps)
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    quiet_orbax_info()
     policies = ocp.checkpoint_managers
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=_item_handlers(),

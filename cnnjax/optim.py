@@ -1,4 +1,4 @@
-"""Caffe's SGD as an optax transformation, with per-parameter rules and freezing.
+"""Caffe's SGD as an optax transformation, per-parameter rules, freezing.
 
 Caffe keeps the learning rate INSIDE the momentum buffer (SPEC 2):
 
@@ -56,7 +56,8 @@ def freeze_rules(layers: Sequence[str]) -> Rules:
   return tuple((f'^{layer}/', None) for layer in layers)
 
 
-def step_schedule(base_lr: float, gamma: float, stepsize: int) -> optax.Schedule:
+def step_schedule(base_lr: float, gamma: float,
+                  stepsize: int) -> optax.Schedule:
   """Caffe's 'step' policy: base_lr * gamma ** floor(it / stepsize).
 
   It never depends on the total number of iterations, so extending a run
@@ -104,7 +105,8 @@ def caffe_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
   def update_fn(grads, state, params=None):
     if params is None:
       raise ValueError('caffe_sgd needs params (weight decay acts on them)')
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = (learning_rate(state.count) if callable(learning_rate) else
+          learning_rate)
     rate = lr * lr_mult
     decay = weight_decay * decay_mult
 

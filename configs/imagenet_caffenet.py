@@ -17,15 +17,18 @@ Expected: val top-1 ~57% / top-5 ~80% at 310K (Caffe's bvlc_reference_caffenet:
 57.4% / 80.4%, centre crop). A killed run resumes from its workdir; rerun
 with `--config.total_steps=...` larger to continue a finished one.
 
-Demo (`:runlocal`): the generated 48-class demo set (64 px images resized to
-128, 115 px crops), width 0.25, batch 64, 1,200 steps with the same
-schedule shape (lr drop at 1/3 and 2/3 of the run... scaled snapshots):
+Demo (`:runlocal`): the generated 48-class demo set (64 px images resized
+to 72, random 64 px crops + mirror), width 0.25, batch 64, 800 steps, lr
+0.001 dropped 10x at step 600, no dropout, Caffe's Xavier filler (Caffe's
+Gaussian init leaves a net this narrow at chance for the whole demo: see
+`cnnjax.train.xavier_kernels`), snapshots at the 310K schedule's
+iterations scaled to 800 steps:
 
   python -m cnnjax.main --config configs/imagenet_caffenet.py:runlocal \
       --workdir /tmp/imagenet_caffenet_demo
 
-Expected: a few minutes on 2 CPU cores; demo val top-1 well above chance
-(2.1%), see the measured figure in the run's metrics.jsonl.
+Measured on the shared 2-core CPU (load ~9, 3.6 CPU-minutes, 9 min wall):
+demo val top-1 27.4%, top-5 65.0% (chance 2.1% / 10.4%).
 
 Args (`:key=value,flag`): runlocal, data_dir (TFDS data dir, or the demo
 cache root; '' = default), total_steps (0 = the default of the mode).
@@ -44,10 +47,10 @@ SNAPSHOTS = (5_000, 15_000, 25_000, 35_000, 45_000, 50_000, 95_000, 105_000,
              310_000)
 TOTAL_STEPS = 310_000
 STEPSIZE = 100_000
-DEMO_TOTAL_STEPS = 1_200
+DEMO_TOTAL_STEPS = 800
 DEMO_WIDTH = 0.25
-DEMO_RESIZE = 128
-DEMO_CROP = 115
+DEMO_RESIZE = 72  # The demo images are 64 px: crop at about their size.
+DEMO_CROP = 64
 
 
 def scaled(step: int, total_steps: int) -> int:
@@ -79,6 +82,7 @@ def get_config(arg=None):
   config.init_from = ''
   config.init_step = ml_collections.config_dict.placeholder(int)
   config.init_drop = ''
+  config.init_filler = 'gaussian'
   config.init_pretrain = None
 
   config.checkpoint_every = 5_000
@@ -86,16 +90,20 @@ def get_config(arg=None):
   config.log_every = 100
 
   if arg.runlocal:
-    config.model.num_classes = config.input.demo.num_classes
-    config.model.width = DEMO_WIDTH
+    config.model.update(num_classes=config.input.demo.num_classes,
+                        width=DEMO_WIDTH, dropout_rate=0.0)
     config.input.update(dataset='demo', batch_size=64, resize=DEMO_RESIZE,
                         image_size=DEMO_CROP)
     config.eval.batch_size = 64
+    # Caffe's Gaussian init does not leave the chance plateau at this width
+    # within a demo's steps (see train.xavier_kernels); Caffe's Xavier
+    # filler at lr 0.001 does.
+    config.init_filler = 'xavier'
     total = config.total_steps
-    config.optim.stepsize = scaled(STEPSIZE, total)
+    config.optim.update(base_lr=0.001, stepsize=total * 3 // 4)
     config.keep_steps = tuple(sorted({scaled(s, total) for s in SNAPSHOTS}))
     config.checkpoint_every = 100
-    config.eval_every = scaled(50_000, total)
+    config.eval_every = total // 4
     config.log_every = 20
   return config
 

@@ -28,17 +28,23 @@ of VOC07 test windows is logged every 10K steps.
 Expected (detection mAP of the resulting nets, seeds Tables 2.2, 4.2): fc7
 FT 54.1, FC-FT 53.3, 50-50 50.5 (R-CNN's FT fc7: 54.2).
 
-Demo (`:runlocal`, any mode): the generated VOC-like set, width 0.125 (as
-the demo pretraining, which is trained first into
-`<data_dir>/demo_pretrain_*` if absent), 115 px warps with context
-round(16 * 115 / 227) = 8, batch 64 (16 + 48), a few hundred steps:
+Demo (`:runlocal`, any mode): the generated VOC-like set (300 trainval, 300
+test images of 160x120), from the cached demo pretraining of
+configs/imagenet_caffenet.py:runlocal (trained first into
+`<data_dir>/demo_pretrain_*` when absent; fiftyfifty starts from its scaled
+50K snapshot), same width, filler and dropout, 64 px warps with context
+round(16 * 64 / 227) = 5, batch 64 (16 + 48), 400 steps at the
+pretraining's lr (0.001, dropped 10x at 300):
 
   python -m cnnjax.main --config configs/pascal_finetune.py:runlocal,mode=fcft \
       --workdir /tmp/pascal_fcft_demo
 
-Expected: a few minutes on 2 CPU cores after the pretraining; test window
-accuracy well above the 75% of always answering background (the figure is
-in the run's metrics.jsonl).
+Measured on the shared 2-core CPU (load ~8): selective search on the 600
+images ~4 min once, then ~4 min per 400 steps. Test window accuracy stays
+near the 75% of always answering background (FT: 74.8% after 400 steps,
+76.0% after 1,000): the demo net's features are weak for 21-way windows (a
+logistic regression on its fc7 reaches 71.6%); the demo exercises the
+pipeline, the study's numbers need the full-size run.
 
 Args: mode, runlocal, init_from (required unless runlocal), init_step (-1 =
 the mode's default), voc ('devkit' | 'tfds' | 'demo'; '' = demo under
@@ -105,6 +111,7 @@ def get_config(arg=None):
   elif arg.mode == 'fiftyfifty':
     config.init_step = 50_000
   config.init_drop = '^fc8/'
+  config.init_filler = 'gaussian'
   config.init_pretrain = None
 
   config.checkpoint_every = 5_000
@@ -116,15 +123,21 @@ def get_config(arg=None):
     if not arg.init_from:
       config.init_from = pretrain_dir
       config.init_pretrain = pretrain
-      if arg.mode == 'fiftyfifty':  # Its 50K snapshot, scaled.
-        config.init_step = min(s for s in pretrain.keep_steps
-                               if s * 310 >= 50 * pretrain.total_steps)
-    config.model.width = pretrain.model.width
-    config.input.update(batch_size=64, image_size=DEMO_SIZE,
-                        context=round(16 * DEMO_SIZE / 227))
+      if arg.mode == 'fiftyfifty':  # The demo's scaled 50K snapshot.
+        config.init_step = PRETRAINING.scaled(50_000, pretrain.total_steps)
+    config.model.update(width=pretrain.model.width,
+                        dropout_rate=pretrain.model.dropout_rate)
+    config.init_filler = pretrain.init_filler
+    size = pretrain.input.image_size
+    config.input.update(batch_size=64, image_size=size,
+                        context=round(16 * size / 227))
     config.eval.update(batch_size=64, num_batches=8)
     config.total_steps = arg.total_steps or 400
-    config.optim.stepsize = config.total_steps * 2 // 7  # 20K of 70K
+    # The demo pretraining already runs at a tenth of the study's lr (Xavier
+    # filler): finetuning keeps its lr (measured: a tenth of it leaves the
+    # net answering background; 10x diverges), dropped at 3/4.
+    config.optim.update(base_lr=pretrain.optim.base_lr,
+                        stepsize=config.total_steps * 3 // 4)
     config.checkpoint_every = 100
     config.eval_every = 200
     config.log_every = 20

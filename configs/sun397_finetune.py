@@ -18,14 +18,16 @@ fc7 accuracy): FT 56.8%, FC-FT 56.2% (pretrained net: 53.1%).
 
 Demo (`:runlocal`, either mode): a stand-in "new dataset" generated like the
 demo pretraining set but with another seed and 24 of its classes (new images
-and a new 24-way head), from the cached demo pretraining (trained first if
-absent), width and crop as that run, batch 64, a few hundred steps:
+and a new 24-way head), from the cached demo pretraining of
+configs/imagenet_caffenet.py:runlocal (trained first if absent), same
+width, crops, filler and dropout, batch 64, 400 steps at the pretraining's
+lr (0.001, dropped 10x at 300):
 
   python -m cnnjax.main --config configs/sun397_finetune.py:runlocal,mode=ft \
       --workdir /tmp/sun397_ft_demo
 
-Expected: a few minutes on 2 CPU cores after the pretraining; val top-1 well
-above chance (4.2%), see the run's metrics.jsonl.
+Measured on the shared 2-core CPU (load ~8), chance 4.2%: FT val top-1
+49.0% (top-5 87.8%) in 2 min; FC-FT 37.5% (top-5 80.2%) in 51 s.
 
 Args: mode, runlocal, init_from (required unless runlocal), init_step (-1 =
 latest), data_dir (TFDS data dir, or the demo cache root), total_steps (0 =
@@ -77,6 +79,7 @@ def get_config(arg=None):
   if arg.init_step >= 0:
     config.init_step = arg.init_step
   config.init_drop = '^fc8/'
+  config.init_filler = 'gaussian'
   config.init_pretrain = None
 
   config.checkpoint_every = 5_000
@@ -89,13 +92,18 @@ def get_config(arg=None):
       config.init_from = pretrain_dir
       config.init_pretrain = pretrain
     config.model.update(num_classes=config.input.demo.num_classes,
-                        width=pretrain.model.width)
+                        width=pretrain.model.width,
+                        dropout_rate=pretrain.model.dropout_rate)
+    config.init_filler = pretrain.init_filler
     config.input.update(dataset='demo', batch_size=64,
                         resize=pretrain.input.resize,
                         image_size=pretrain.input.image_size)
     config.eval.batch_size = 64
     config.total_steps = arg.total_steps or 400
-    config.optim.stepsize = config.total_steps // 2  # 20K of 40K
+    # The demo pretraining already runs at a tenth of the study's lr (Xavier
+    # filler): finetuning keeps its lr, dropped at 3/4.
+    config.optim.update(base_lr=pretrain.optim.base_lr,
+                        stepsize=config.total_steps * 3 // 4)
     config.checkpoint_every = 100
     config.eval_every = 200
     config.log_every = 20

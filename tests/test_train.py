@@ -1,4 +1,4 @@
-"""The training loop on in-memory random data: freezing, resume, devices, errors."""
+"""The training loop: freezing, resume, devices, errors, configs, demo run."""
 
 import itertools
 import json
@@ -108,7 +108,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path,
        str(n)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     deadline = time.time() + 240
-    while not (workdir / 'checkpoints' / str(n) / 'commit_success.txt').exists():
+    done = workdir / 'checkpoints' / str(n) / 'commit_success.txt'
+    while not done.exists():
       assert process.poll() is None, process.stderr.read().decode()[-3000:]
       assert time.time() < deadline, 'no step-N checkpoint after 240 s'
       time.sleep(0.2)
@@ -247,3 +248,78 @@ def test_uncovered_rule_error_names_the_parameter(tmp_path):
                                   rules=(('/kernel$', (1.0, 1.0)),)))
   with pytest.raises(ValueError, match="'conv1/bias' matches no optimiser"):
     train.train(config, str(tmp_path), random_batches)
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'configs')
+
+
+def _config_file(name):
+  return train.config_module(os.path.join(CONFIGS, name))
+
+
+def test_finetune_configs_follow_spec_2():
+  pascal = _config_file('pascal_finetune.py')
+  for mode, steps, init_step in (('ft', 70_000, None), ('fcft', 70_000, None),
+                                 ('fiftyfifty', 50_000, 50_000)):
+    config = pascal.get_config(f'mode={mode},init_from=/pretrained')
+    assert (config.total_steps, config.init_step) == (steps, init_step)
+    assert (config.optim.base_lr, config.optim.stepsize,
+            config.input.batch_size) == (0.001, 20_000, 128)
+    assert config.model.num_classes == 21 and config.init_drop == '^fc8/'
+    shapes = jax.eval_shape(lambda c=config: caffenet.init_params(
+        train.build_model(c), jax.random.key(0), 227))
+    mults = optim.match_rules(shapes, train.rules_from_config(config.optim))
+    assert mults['fc8/kernel'] == (10.0, 1.0)
+    assert mults['fc8/bias'] == (20.0, 0.0)
+    assert mults['fc7/bias'] == (2.0, 0.0)
+    assert mults['conv3/kernel'] == (None if mode == 'fcft' else (1.0, 1.0))
+  sun = _config_file('sun397_finetune.py').get_config('mode=fcft,init_from=/p')
+  assert (sun.total_steps, sun.model.num_classes) == (40_000, 397)
+  pretrain = _config_file('imagenet_caffenet.py').get_config()
+  assert (pretrain.total_steps, pretrain.optim.base_lr, pretrain.optim.stepsize,
+          pretrain.input.batch_size) == (310_000, 0.01, 100_000, 256)
+  assert 50_000 in pretrain.keep_steps and 310_000 in pretrain.keep_steps
+  with pytest.raises(ValueError, match="mode='nope'"):
+    pascal.get_config('mode=nope')
+
+
+def _tiny_demo(config, data_dir):
+  """Shrinks a runlocal config to seconds: tiny net, data and step count."""
+  config.total_steps = 2
+  config.model.width = 0.0625
+  config.input.update(batch_size=BATCH, image_size=SIZE, data_dir=data_dir)
+  config.eval.batch_size = BATCH
+  config.update(checkpoint_every=0, keep_steps=(), log_every=1, eval_every=0)
+
+
+def test_runlocal_fcft_trains_demo_pretraining_then_windows(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  config = _config_file('pascal_finetune.py').get_config(
+      f'runlocal,mode=fcft,data_dir={data_dir}')
+  config.init_from = str(tmp_path / 'pretrain')
+  _tiny_demo(config.init_pretrain, data_dir)
+  config.init_pretrain.input.update(resize=72)
+  config.init_pretrain.input.demo.update(num_classes=4, per_class=8,
+                                         image_size=32)
+  config.init_pretrain.model.num_classes = 4
+  _tiny_demo(config, data_dir)
+  config.input.update(context=2, proposals_workers=0)
+  config.data.update(demo_trainval=4, demo_test=4)
+  config.eval.num_batches = 1
+  workdir = tmp_path / 'finetune'
+  params = flat(train.run(config, str(workdir)))
+
+  pretrained = flat(checkpoints.load_params(config.init_from))
+  assert checkpoints.latest_step(config.init_from) == 2
+  for name, value in pretrained.items():
+    if name.startswith('conv'):  # copied, then frozen
+      np.testing.assert_array_equal(params[name], value, err_msg=name)
+  assert params['fc8/kernel'].shape == (pretrained['fc8/kernel'].shape[0], 21)
+  with open(workdir / train.METRICS_FILE) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records if 'loss' in r] == [1, 2]
+  assert records[-1]['val_examples'] == BATCH  # one batch of test windows
+  # A second run finds both runs finished and trains nothing.
+  again = flat(train.run(config, str(workdir)))
+  np.testing.assert_array_equal(again['fc8/kernel'], params['fc8/kernel'])
