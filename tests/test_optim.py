@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from cnnjax import optim
+from cnnjax.models import caffenet
 
 BASE_LR, GAMMA, STEPSIZE, MOMENTUM, WD = 0.01, 0.1, 7, 0.9, 5e-4
 
@@ -128,7 +129,6 @@ def test_first_matching_rule_wins():
     (('conv1', 'conv3'), 'norm1'),    # only the contiguous prefix
 ])
 def test_frozen_boundary(frozen, boundary):
-  from cnnjax.models import caffenet
   model = caffenet.CaffeNet(num_classes=3, width=0.0625)
   shapes = jax.eval_shape(
       lambda: caffenet.init_params(model, jax.random.key(0), image_size=67))
