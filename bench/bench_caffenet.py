@@ -17,9 +17,10 @@ The PyTorch reference is the same network run eagerly, channels_last,
 `torch.optim.SGD` with momentum, 2 threads, the conv layers under `no_grad`
 for FC-FT; it is skipped with a message when torch is not installed.
 
-For every (batch, mode) the JAX and PyTorch steps alternate (A B, B A, ...;
-median of `--runs` after `--warmup`), so the ratio holds on a shared,
-noisy machine; the load average is recorded before and after. JSON:
+For every batch size all steps (JAX and PyTorch, every mode) alternate
+within each round (reversed every other round; median of `--runs` after
+`--warmup`), so the ratios hold on a shared, noisy machine; the load average
+is recorded before and after. JSON:
 `results` (images/s per framework, mode, batch), `jax_over_torch` (speed
 ratio, > 1 means JAX is faster) and `fcft_over_ft` (FC-FT step time / FT
 step time; the study's cheaper finetuning, <= 0.6 expected).
@@ -205,28 +206,35 @@ def torch_step_fns(num_classes: int) -> tuple[dict[str, Any],
 
 def measure(step_fns: dict[str, dict[str, StepFactory]], modes, batch_sizes,
             args, num_classes: int) -> list[dict[str, Any]]:
-  """Rows of images/s; the frameworks alternate within each (batch, mode)."""
+  """Rows of images/s; per batch size every (framework, mode) alternates.
+
+  All contenders of a batch size share the rounds, so both the jax/torch
+  ratios and the FC-FT/FT ratios compare times taken under the same load.
+  """
   rows = []
   rng = np.random.default_rng(0)
   for batch in batch_sizes:
     images = rng.normal(0, 50, (batch, IMAGE_SIZE, IMAGE_SIZE, 3))
     images = images.astype(np.float32)  # [B, H, W, 3] BGR minus mean
     labels = rng.integers(0, num_classes, batch).astype(np.int32)
+    runs = {}
     for mode in modes:
-      _common.log(f'{mode} batch {batch}: {args.warmup} warm-up + '
-                  f'{args.runs} rounds of {", ".join(step_fns)}')
-      runs = {framework: fns[mode](images, labels)
-              for framework, fns in step_fns.items()}
-      load_before = _common.load_average()
-      timings = _common.interleaved_runs(runs, runs=args.runs,
-                                         warmup=args.warmup)
-      load_after = _common.load_average()
-      for framework, timing in timings.items():
-        rows.append({'framework': framework, 'mode': mode, 'batch': batch,
-                     'images_per_s': batch / timing['median_s'], **timing,
-                     'load_average': {'before': load_before,
-                                      'after': load_after}})
-        _common.log(f'  {framework}: {rows[-1]["images_per_s"]:.2f} images/s')
+      for framework, fns in step_fns.items():
+        _common.log(f'batch {batch}: building {framework} {mode}')
+        runs[framework, mode] = fns[mode](images, labels)
+    _common.log(f'batch {batch}: {args.warmup} warm-up + {args.runs} rounds '
+                f'of {len(runs)} steps')
+    load_before = _common.load_average()
+    timings = _common.interleaved_runs(runs, runs=args.runs,
+                                       warmup=args.warmup)
+    load_after = _common.load_average()
+    for (framework, mode), timing in timings.items():
+      rows.append({'framework': framework, 'mode': mode, 'batch': batch,
+                   'images_per_s': batch / timing['median_s'], **timing,
+                   'load_average': {'before': load_before,
+                                    'after': load_after}})
+      _common.log(f'  {framework} {mode}: '
+                  f'{rows[-1]["images_per_s"]:.2f} images/s')
   return rows
 
 

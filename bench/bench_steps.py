@@ -14,9 +14,7 @@ busy machine:
   the scatter to the first maximum;
 - autodiff_lrn: XLA's autodiff of the LRN formula instead of Caffe's
   closed-form gradient;
-- autodiff_bias: `x + b` (a reduction for the bias gradient) instead of the
-  ones-vector matmul;
-- before: all four at once (the network as first written, except that
+- before: all three at once (the network as first written, except that
   pooling already runs before the ReLU, which is exact and not undone here).
 
 Inference is only timed against xla_default_options (the others change the
@@ -55,20 +53,14 @@ def _autodiff_lrn(x, size=caffenet.LRN_SIZE, alpha=caffenet.LRN_ALPHA,
   return caffenet._lrn_fwd(x, size, alpha, beta, k)[0]  # pylint: disable=protected-access
 
 
-def _autodiff_bias(x, bias):
-  return x + bias
-
-
 # variant -> (module attributes replaced, use caffenet.compiler_options()).
 PATCHES = {'max_pool_ceil': _autodiff_pool,
-           'local_response_norm': _autodiff_lrn,
-           'add_bias': _autodiff_bias}
+           'local_response_norm': _autodiff_lrn}
 VARIANTS = {
     'shipped': ({}, True),
     'xla_default_options': ({}, False),
     'autodiff_pool': ({'max_pool_ceil': _autodiff_pool}, True),
     'autodiff_lrn': ({'local_response_norm': _autodiff_lrn}, True),
-    'autodiff_bias': ({'add_bias': _autodiff_bias}, True),
     'before': (PATCHES, False),
 }
 INFERENCE_VARIANTS = ('shipped', 'xla_default_options')

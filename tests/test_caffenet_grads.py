@@ -90,18 +90,6 @@ def test_lrn_gradient_matches_autodiff_of_definition(beta):
   np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-6)
 
 
-def test_add_bias_gradient_is_the_sum():
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.normal(size=(3, 4, 5, 6)), jnp.float32)
-  bias = jnp.asarray(rng.normal(size=6), jnp.float32)
-  top_diff = rng.normal(size=x.shape).astype(np.float32)
-  y, vjp = jax.vjp(caffenet.add_bias, x, bias)
-  grad_x, grad_bias = vjp(jnp.asarray(top_diff))
-  np.testing.assert_allclose(y, np.asarray(x) + np.asarray(bias), rtol=1e-6)
-  np.testing.assert_array_equal(grad_x, top_diff)
-  np.testing.assert_allclose(grad_bias, top_diff.sum((0, 1, 2)), rtol=1e-5)
-
-
 def plain_caffenet(params, images, stop_after=None):
   """CaffeNet from the plain definitions: ReLU, then reduce_window pooling."""
   def cut(name, v):
