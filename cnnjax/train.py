@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import math
@@ -639,34 +640,88 @@ def _check_init(config: ml_collections.ConfigDict) -> None:
                               'checkpoint')
 
 
+# Config keys that do not change what a run computes: resuming (or
+# reusing a finished run) under other values of these is fine.
+_NON_RECIPE_KEYS = ('total_steps', 'log_every', 'eval_every', 'eval',
+                    'checkpoint_every', 'keep_steps', 'init_pretrain',
+                    'tensorboard')
+
+
+def recipe(config: Any) -> Any:
+  """`config` (as JSON) without run lengths, logging cadence and locations:
+  what decides the params a run produces."""
+  if not isinstance(config, dict):
+    return config
+  return {key: recipe(value) for key, value in config.items()
+          if key not in _NON_RECIPE_KEYS and not key.endswith(
+              ('_dir', 'workers'))}
+
+
+def recipe_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """8 hex digits naming a recipe, for cache directories of trained nets."""
+  text = json.dumps(recipe(_json_safe(config)), sort_keys=True)
+  return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def check_same_recipe(config: ml_collections.ConfigDict, workdir: str,
+                      step: int) -> None:
+  """Refuses to resume or reuse a run trained under another recipe.
+
+  Caches of trained nets (the demo pretraining, `<workdir>/nets/<name>`)
+  would otherwise hand out params of an older config without a word.
+
+  Raises:
+    ValueError: naming the workdir and the differing keys.
+  """
+  stored = checkpoints.load_metadata(workdir, step).get('config')
+  if stored is None:
+    return
+  want, have = recipe(_json_safe(config)), recipe(stored)
+  if want == have:
+    return
+  flat_want = flax.traverse_util.flatten_dict(want, sep='.')
+  flat_have = flax.traverse_util.flatten_dict(have, sep='.')
+  differing = sorted(key for key in set(flat_want) | set(flat_have)
+                     if flat_want.get(key) != flat_have.get(key))
+  raise ValueError(
+      f'{workdir} holds a run of another config (step {step}); differing '
+      f'keys: {", ".join(differing[:8])}. Use a new workdir, or delete this '
+      'one to retrain.')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
   """The `train` task: pretraining or finetuning, as `config` says.
 
   When `config.init_pretrain` holds a pretraining config (the `runlocal`
   finetuning configs do), that run is trained (or resumed, or found finished)
   in `config.init_from` first, so a demo finetuning works from nothing.
+  Concurrent runs in one workdir wait for each other (a lock file), so two
+  experiments asking for the same net train it once.
 
   Returns:
     The final params.
 
   Raises:
-    ValueError: an unknown `input.kind` (listing the valid ones).
+    ValueError: an unknown `input.kind` (listing the valid ones), or a
+      workdir trained under another config.
   """
   if config.get('init_pretrain'):
-    with _exclusive(os.path.join(config.init_from, '.lock')):
-      logging.info('pretraining first: %s', config.init_from)
-      run(config.init_pretrain, config.init_from)
-  done = checkpoints.latest_step(workdir)
-  if done is not None and done >= config.total_steps:
-    logging.info('%s: already trained to step %d', workdir, done)
-    return checkpoints.load_params(workdir, done)
-  if done is None:
-    _check_init(config)
-  kind = config.input.kind
-  if kind not in DATA_KINDS:
-    raise ValueError(f'input.kind={kind!r}; valid: {", ".join(DATA_KINDS)}')
-  data = DATA_KINDS[kind](config, workdir)
-  try:
-    return train(config, workdir, data.train, eval_data=data.eval)
-  finally:
-    data.close()
+    logging.info('pretraining first: %s', config.init_from)
+    run(config.init_pretrain, config.init_from)
+  with _exclusive(os.path.join(workdir, '.lock')):
+    done = checkpoints.latest_step(workdir)
+    if done is not None:
+      check_same_recipe(config, workdir, done)
+      if done >= config.total_steps:
+        logging.info('%s: already trained to step %d', workdir, done)
+        return checkpoints.load_params(workdir, done)
+    else:
+      _check_init(config)
+    kind = config.input.kind
+    if kind not in DATA_KINDS:
+      raise ValueError(f'input.kind={kind!r}; valid: {", ".join(DATA_KINDS)}')
+    data = DATA_KINDS[kind](config, workdir)
+    try:
+      return train(config, workdir, data.train, eval_data=data.eval)
+    finally:
+      data.close()

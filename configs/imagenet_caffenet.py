@@ -40,6 +40,7 @@ import ml_collections
 
 from cnnjax import config_lib
 from cnnjax import optim
+from cnnjax import train
 from cnnjax.data import synthetic
 
 # Iterations whose snapshots the study analyses (seeds chapter 4).
@@ -113,6 +114,7 @@ def demo_run(data_dir: str = '') -> tuple[str, ml_collections.ConfigDict]:
   start from: `<data_dir>/demo_pretrain_...`, trained on first use."""
   config = get_config(f'runlocal,data_dir={data_dir}' if data_dir else
                       'runlocal')
+  # The recipe's fingerprint in the name: a changed recipe trains anew.
   name = (f'demo_pretrain_w{config.model.width:g}_{config.input.image_size}px_'
-          f'{config.total_steps}steps_seed{config.seed}')
+          f'{config.total_steps}steps_{train.recipe_fingerprint(config)}')
   return os.path.join(data_dir or synthetic.default_data_dir(), name), config

@@ -323,3 +323,17 @@ def test_runlocal_fcft_trains_demo_pretraining_then_windows(tmp_path):
   # A second run finds both runs finished and trains nothing.
   again = flat(train.run(config, str(workdir)))
   np.testing.assert_array_equal(again['fc8/kernel'], params['fc8/kernel'])
+  # The same workdir under another recipe refuses instead of reusing it.
+  config.optim.base_lr *= 2
+  with pytest.raises(ValueError, match=r'differing keys: optim\.base_lr'):
+    train.run(config, str(workdir))
+
+
+def test_recipe_ignores_run_length_logging_and_locations():
+  config = tiny_config(eval_every=5, checkpoint_every=3)
+  config.input.data_dir = '/one/place'
+  other = tiny_config(total_steps=40, log_every=7)
+  other.input.data_dir = '/another/place'
+  assert train.recipe_fingerprint(config) == train.recipe_fingerprint(other)
+  other.optim.momentum = 0.5
+  assert train.recipe_fingerprint(config) != train.recipe_fingerprint(other)

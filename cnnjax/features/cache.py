@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 
 from cnnjax import nets as nets_lib
@@ -38,7 +39,8 @@ def features(net: nets_lib.Net, images: Sequence[VocImage], split: str,
 
   Raises:
     ValueError: an unknown kind, proposals missing for kind 'proposals', or
-      a cached store lacking one of `layers` (delete it to re-extract).
+      a cached store lacking one of `layers` or extracted from other params
+      (the net was retrained or replaced; delete it to re-extract).
   """
   if kind not in KINDS:
     raise ValueError(f'unknown example kind {kind!r}; valid: {", ".join(KINDS)}')
@@ -52,6 +54,11 @@ def features(net: nets_lib.Net, images: Sequence[VocImage], split: str,
     if missing:
       raise ValueError(f'the cached store {out_dir} lacks layers '
                        f'{sorted(missing)}; delete it to extract them')
+    if found.metadata.get('params_sha256') != extract.sha256_of_arrays(
+        jax.tree_util.tree_map(np.asarray, net.params())):
+      raise ValueError(f'the cached store {out_dir} holds features of other '
+                       f'params than net {net.name!r} has now (retrained or '
+                       'replaced); delete it to extract them again')
     return found
   if kind == 'whole':
     source = extract.whole_images(images)

@@ -196,7 +196,8 @@ def _layer_shapes(model_kwargs: Mapping[str, Any], params: Any,
   return {name: tuple(out[name].shape[1:]) for name in layers}
 
 
-def _sha256_of_arrays(tree: Any) -> str:
+def sha256_of_arrays(tree: Any) -> str:
+  """A digest of a tree of arrays (names, dtypes, shapes and bytes)."""
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     leaf = np.ascontiguousarray(leaf)
@@ -317,11 +318,11 @@ def extract_features(params: Union[Any, str],
 
   provenance = {
       'model': model_kwargs, 'checkpoint': checkpoint,
-      'params_sha256': _sha256_of_arrays(params),
+      'params_sha256': sha256_of_arrays(params),
       'source': {'kind': source.kind, 'num_images': len(source.images),
                  'sha256': source.fingerprint()},
       'warp_size': warp_size, 'context': context,
-      'mean_sha256': _sha256_of_arrays(preprocess.crop_mean(mean, warp_size)),
+      'mean_sha256': sha256_of_arrays(preprocess.crop_mean(mean, warp_size)),
       'layers': {name: encodings[name] for name in layers},
       'extra': dict(metadata or {}),
   }
