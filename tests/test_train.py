@@ -221,6 +221,9 @@ def test_metrics_and_evaluation_records(reference_run):
       np.mean([labels[i] in top5[i] for i in range(5)]))
   assert eval_records[-1]['val_loss'] == pytest.approx(
       -np.mean(log_probs[np.arange(5), labels]), rel=1e-4)
+  correct = np.argmax(logits, -1) == labels
+  assert eval_records[-1]['val_mean_class_top1'] == pytest.approx(np.mean(
+      [correct[labels == c].mean() for c in np.unique(labels)]))
 
 
 def test_merge_pretrained_drops_checks_and_names_parameters():
@@ -337,3 +340,19 @@ def test_recipe_ignores_run_length_logging_and_locations():
   assert train.recipe_fingerprint(config) == train.recipe_fingerprint(other)
   other.optim.momentum = 0.5
   assert train.recipe_fingerprint(config) != train.recipe_fingerprint(other)
+
+
+def test_xavier_filler_redraws_hidden_kernels_and_keeps_fc8():
+  model = train.build_model(tiny_config())
+  params = caffenet.init_params(model, jax.random.key(0), SIZE)
+  redrawn = flat(train.xavier_kernels(params, seed=3))
+  before = flat(params)
+  for name, value in redrawn.items():
+    if name.endswith('kernel') and not name.startswith('fc8'):
+      limit = np.sqrt(3.0 / np.prod(value.shape[:-1]))
+      assert np.abs(value).max() <= limit, name
+      assert np.abs(value).max() > 0.9 * limit, name  # U(-a, a), not Gaussian
+      np.testing.assert_allclose(value.std(), limit / np.sqrt(3), rtol=0.1,
+                                 err_msg=name)
+    else:  # biases and the classifier keep Caffe's init
+      np.testing.assert_array_equal(value, before[name], err_msg=name)
