@@ -7,6 +7,7 @@ string 'False' is false, 'yes' is an error).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -86,14 +87,13 @@ def write_json_atomic(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
-def load_sibling_config(anchor_file: str, name: str,
-                        arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file `name` beside `anchor_file`.
+def sibling_config_module(anchor_file: str, name: str) -> Any:
+  """The module of the config file `name` beside `anchor_file`.
 
   Lets one experiment config build on another (detection on the finetuning
-  config) without making configs/ an importable package.
+  config, finetuning on the demo pretraining run) without making configs/ an
+  importable package.
   """
-  import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.abspath(anchor_file)), name)
   spec = importlib.util.spec_from_file_location(
       f'cnnjax_config_{os.path.splitext(name)[0]}', path)
@@ -101,4 +101,10 @@ def load_sibling_config(anchor_file: str, name: str,
     raise FileNotFoundError(f'config file {path} not found')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_sibling_config(anchor_file: str, name: str,
+                        arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `name` beside `anchor_file`."""
+  return sibling_config_module(anchor_file, name).get_config(arg)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -508,21 +507,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         close()
       checkpointer.wait_until_finished()
   return params
-
-
-def config_module(path: str) -> Any:
-  """The module of a config file (configs/ is not a package).
-
-  The demo finetuning configs take the demo pretraining run from
-  configs/imagenet_caffenet.py this way.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'config file not found: {path}')
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 class Data(NamedTuple):

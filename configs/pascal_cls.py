@@ -73,11 +73,8 @@ pretrained (an imported CaffeNet or a pretraining workdir), mean_path,
 proposals_mat (R-CNN's boxes for finetuning FT nets, `{split}` replaced).
 """
 
-import os
-
 from cnnjax import config_lib
 from cnnjax import nets as nets_lib
-from cnnjax import train
 from cnnjax.data import datasets
 from cnnjax.models import caffenet
 
@@ -87,8 +84,8 @@ ALL_NETS = ('pretrained', 'ft', 'fcft')
 TABLE_5_1_ABLATIONS = ('unroll', 'sp-shuffle', 'sp-max', 'sp-max-bin', 'bin')
 TABLE_4_1_STEPS = (5_000, 15_000, 25_000, 35_000, 45_000, 95_000, 105_000,
                    310_000)
-PRETRAINING = train.config_module(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'imagenet_caffenet.py'))
+PRETRAINING = config_lib.sibling_config_module(__file__,
+                                                  'imagenet_caffenet.py')
 
 
 def get_config(arg=None):

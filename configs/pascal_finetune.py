@@ -53,13 +53,11 @@ cache root), proposals_dir, proposals_mat, eval_split ('' for no
 evaluation), total_steps (0 = the mode's default).
 """
 
-import os
 
 import ml_collections
 
 from cnnjax import config_lib
 from cnnjax import optim
-from cnnjax import train
 from cnnjax.data import datasets
 
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
@@ -67,8 +65,8 @@ MODES = ('ft', 'fcft', 'fiftyfifty')
 DEMO_SIZE = 115
 
 
-PRETRAINING = train.config_module(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'imagenet_caffenet.py'))
+PRETRAINING = config_lib.sibling_config_module(__file__,
+                                                  'imagenet_caffenet.py')
 
 
 def get_config(arg=None):

@@ -34,18 +34,16 @@ latest), data_dir (TFDS data dir, or the demo cache root), total_steps (0 =
 the default).
 """
 
-import os
 
 import ml_collections
 
 from cnnjax import config_lib
 from cnnjax import optim
-from cnnjax import train
 
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 MODES = ('ft', 'fcft')
-PRETRAINING = train.config_module(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), 'imagenet_caffenet.py'))
+PRETRAINING = config_lib.sibling_config_module(__file__,
+                                                  'imagenet_caffenet.py')
 
 
 def get_config(arg=None):

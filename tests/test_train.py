@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cnnjax import checkpoints
+from cnnjax import config_lib
 from cnnjax import optim
 from cnnjax import train
 from cnnjax.models import caffenet
@@ -258,7 +259,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 def _config_file(name):
-  return train.config_module(os.path.join(CONFIGS, name))
+  return config_lib.sibling_config_module(os.path.join(CONFIGS, name), name)
 
 
 def test_finetune_configs_follow_spec_2():
