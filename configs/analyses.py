@@ -61,14 +61,12 @@ proposals_mat (R-CNN's boxes for the finetuning, `{split}` replaced).
 import ml_collections
 
 from cnnjax import config_lib
-from cnnjax import nets as nets_lib
 from cnnjax.analysis import entropy
 from cnnjax.analysis import selectivity
 from cnnjax.analysis import subsets
-from cnnjax.data import datasets
 from cnnjax.models import caffenet
 
-FINETUNED = ('ft', 'fcft', 'fiftyfifty')
+FINETUNING = config_lib.sibling_config_module(__file__, 'pascal_finetune.py')
 
 
 def get_config(arg=None):
@@ -85,34 +83,8 @@ def get_config(arg=None):
   config.include_difficult = arg.include_difficult
   config.snapshots = tuple(int(s) for s in arg.snapshots)
 
-  if arg.runlocal:
-    config.data = datasets.data_config(voc='demo', data_dir=arg.data_dir)
-  else:
-    config.data = datasets.data_config(
-        voc=arg.voc, devkit_dir=arg.devkit_dir,
-        tfds_data_dir=arg.tfds_data_dir)
-
-  local = ',runlocal' if arg.runlocal else ''
-  finetune = {}
-  for mode in sorted(set(arg.nets + arg.filter_nets) & set(FINETUNED)):
-    ft = config_lib.load_sibling_config(
-        __file__, 'pascal_finetune.py', f'mode={mode},data_dir={arg.data_dir}'
-        + local)
-    ft.data = config.data
-    if not arg.runlocal:
-      ft.init_from = arg.pretrained
-    if arg.proposals_mat:
-      ft.input.proposals_mat = arg.proposals_mat
-    finetune[mode] = ft
-  # The pretrained net and input geometry, as the finetuning config has them.
-  reference = config_lib.load_sibling_config(
-      __file__, 'pascal_finetune.py',
-      f'mode=ft,data_dir={arg.data_dir}' + local)
-  config.nets = nets_lib.nets_config(
-      pretrained=reference.init_from if arg.runlocal else arg.pretrained,
-      pretrain=reference.init_pretrain if arg.runlocal else None,
-      finetune=finetune, input_size=reference.input.image_size,
-      mean_path=arg.mean_path)
+  config.data, config.nets = FINETUNING.voc_experiment(
+      arg, arg.nets + arg.filter_nets)
 
   # Every GT-box and image store holds all study layers, as the
   # classification task's, so the two tasks share their extractions.
@@ -135,7 +107,7 @@ def get_config(arg=None):
   if arg.runlocal:
     # The seeds' top-50 of 256 pool5 filters, kept a fifth of a narrow net's.
     config.subsets.top_overlap = max(
-        1, round(subsets.TOP_OVERLAP * reference.model.width))
+        1, round(subsets.TOP_OVERLAP * config.nets.pretrain.model.width))
   config.svm = config_lib.parse_arg(
       '', C=1e-3, pos_weight=2.0, bias_scale=10.0, tol=0.1, max_iter=1000,
       seed=0)

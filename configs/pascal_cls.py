@@ -74,11 +74,8 @@ proposals_mat (R-CNN's boxes for finetuning FT nets, `{split}` replaced).
 """
 
 from cnnjax import config_lib
-from cnnjax import nets as nets_lib
-from cnnjax.data import datasets
 from cnnjax.models import caffenet
 
-FINETUNED = ('ft', 'fcft', 'fiftyfifty')
 ALL_NETS = ('pretrained', 'ft', 'fcft')
 # Seeds Table 5.1's columns and Table 4.1's pretraining steps.
 TABLE_5_1_ABLATIONS = ('unroll', 'sp-shuffle', 'sp-max', 'sp-max-bin', 'bin')
@@ -86,6 +83,7 @@ TABLE_4_1_STEPS = (5_000, 15_000, 25_000, 35_000, 45_000, 95_000, 105_000,
                    310_000)
 PRETRAINING = config_lib.sibling_config_module(__file__,
                                                   'imagenet_caffenet.py')
+FINETUNING = config_lib.sibling_config_module(__file__, 'pascal_finetune.py')
 
 
 def get_config(arg=None):
@@ -110,34 +108,9 @@ def get_config(arg=None):
   # The seeds report PASCAL-CLS of the pretrained net only.
   config.paper_table = '5.1' if config.nets_to_run == ('pretrained',) else ''
 
-  if arg.runlocal:
-    config.data = datasets.data_config(voc='demo', data_dir=arg.data_dir)
-  else:
-    config.data = datasets.data_config(
-        voc=arg.voc, devkit_dir=arg.devkit_dir,
-        tfds_data_dir=arg.tfds_data_dir)
-
-  local = ',runlocal' if arg.runlocal else ''
-  finetune = {}
-  for mode in (m for m in config.nets_to_run if m in FINETUNED):
-    ft = config_lib.load_sibling_config(
-        __file__, 'pascal_finetune.py', f'mode={mode},data_dir={arg.data_dir}'
-        + local)
-    ft.data = config.data
-    if not arg.runlocal:
-      ft.init_from = arg.pretrained
-    if arg.proposals_mat:
-      ft.input.proposals_mat = arg.proposals_mat
-    finetune[mode] = ft
-  # The pretrained net and input geometry, as the finetuning config has them.
-  reference = config_lib.load_sibling_config(
-      __file__, 'pascal_finetune.py',
-      f'mode=ft,data_dir={arg.data_dir}' + local)
-  pretrain = reference.init_pretrain if arg.runlocal else None
-  config.nets = nets_lib.nets_config(
-      pretrained=reference.init_from if arg.runlocal else arg.pretrained,
-      pretrain=pretrain, finetune=finetune,
-      input_size=reference.input.image_size, mean_path=arg.mean_path)
+  config.data, config.nets = FINETUNING.voc_experiment(arg,
+                                                      config.nets_to_run)
+  pretrain = config.nets.pretrain
 
   # Table 4.1: the pretraining snapshots, columns named by the study's steps;
   # the demo pretraining keeps the same steps scaled to its length.

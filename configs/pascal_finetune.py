@@ -57,6 +57,7 @@ evaluation), total_steps (0 = the mode's default).
 import ml_collections
 
 from cnnjax import config_lib
+from cnnjax import nets as nets_lib
 from cnnjax import optim
 from cnnjax.data import datasets
 
@@ -140,3 +141,38 @@ def get_config(arg=None):
     config.eval_every = 200
     config.log_every = 20
   return config
+
+
+def voc_experiment(arg: ml_collections.ConfigDict, net_names
+                   ) -> tuple[ml_collections.ConfigDict,
+                              ml_collections.ConfigDict]:
+  """(config.data, config.nets) of an experiment on VOC using `net_names`.
+
+  Detection, classification and the analyses share these blocks: the data
+  (the demo under `arg.runlocal`), the pretrained net with its input geometry
+  as the finetuning has it, and a finetuning config per finetuned net named.
+  `arg` holds runlocal, voc, devkit_dir, tfds_data_dir, data_dir, pretrained,
+  mean_path and proposals_mat.
+  """
+  if arg.runlocal:
+    data = datasets.data_config(voc='demo', data_dir=arg.data_dir)
+  else:
+    data = datasets.data_config(voc=arg.voc, devkit_dir=arg.devkit_dir,
+                                tfds_data_dir=arg.tfds_data_dir)
+  local = ',runlocal' if arg.runlocal else ''
+  finetune = {}
+  for mode in sorted(set(net_names) & set(MODES)):
+    finetuning = get_config(f'mode={mode},data_dir={arg.data_dir}{local}')
+    finetuning.data = data
+    if not arg.runlocal:
+      finetuning.init_from = arg.pretrained
+    if arg.proposals_mat:
+      finetuning.input.proposals_mat = arg.proposals_mat
+    finetune[mode] = finetuning
+  reference = get_config(f'mode=ft,data_dir={arg.data_dir}{local}')
+  nets = nets_lib.nets_config(
+      pretrained=reference.init_from if arg.runlocal else arg.pretrained,
+      pretrain=reference.init_pretrain if arg.runlocal else None,
+      finetune=finetune, input_size=reference.input.image_size,
+      mean_path=arg.mean_path)
+  return data, nets
