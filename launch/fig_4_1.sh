@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Seeds fig 4-1: conv1 filters per pretraining snapshot, loss and top-1.
+# Usage: bash launch/fig_4_1.sh WORKDIR [config args of configs/study.py]
+#   bash launch/fig_4_1.sh workdirs/study                      # demo (runlocal)
+#   bash launch/fig_4_1.sh ~/runs/study devkit_dir=~/data/VOCdevkit,pretrained=~/runs/imagenet_caffenet
+# Runs what configs/study.py needs for it (nets, features: cached in WORKDIR)
+# and writes WORKDIR/report/index.md.
+source "$(dirname "$0")/_env.sh"
+run_study fig4-1 "$@"
