@@ -117,26 +117,28 @@ class _Progress:
 
   The ETA is the remaining steps' expected seconds (configs/study.py: the
   measured demo figures, or full-scale estimates) scaled by how fast this
-  run has been against the same expectation so far.
+  run's steps have been against the same expectation. Steps that took less
+  than a tenth of theirs found their work cached and say nothing of speed.
   """
 
   def __init__(self, expected: dict[str, float]):
     self._expected = expected
     self._start = time.monotonic()
-    self._spent_expected = 0.0
+    self._actual = self._planned = 0.0
 
   def start(self, index: int, names: list[str], what: str) -> None:
     elapsed = time.monotonic() - self._start
-    speed = (elapsed / self._spent_expected if self._spent_expected
-             else 1.0)
+    speed = self._actual / self._planned if self._planned else 1.0
     left = speed * sum(self._expected[n] for n in names[index:])
     line = (f'study: step {index + 1}/{len(names)} {names[index]} ({what}); '
             f'{_clock(elapsed)} elapsed, ETA {_clock(left)}')
     logging.info(line)
     print(line, flush=True)
 
-  def finish(self, name: str) -> None:
-    self._spent_expected += self._expected[name]
+  def finish(self, name: str, seconds: float) -> None:
+    if seconds >= 0.1 * self._expected[name]:
+      self._actual += seconds
+      self._planned += self._expected[name]
 
 
 def _write_plan(config: ml_collections.ConfigDict, workdir: str,
@@ -196,10 +198,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             marker_path(workdir, name, 'failed'),
             {'step': name, 'error': failed[name],
              'traceback': traceback.format_exc()})
-      progress.finish(name)
+      progress.finish(name, time.monotonic() - start)
       continue
     seconds = time.monotonic() - start
-    progress.finish(name)
+    progress.finish(name, seconds)
     if writer:
       stale = marker_path(workdir, name, 'failed')
       if os.path.exists(stale):

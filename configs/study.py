@@ -172,7 +172,12 @@ def get_config(arg=None):
         workdir=arg.pretrained, produces=('fig4-1', 'table4.1'),
         seconds=seconds['pretrain'], what='ImageNet pretraining, snapshots')
 
-  for mode in FINETUNED:
+  cells = [cell for cell in DETECTION_CELLS
+           if det_grid == 'full' or cell[0] in REDUCED_GRID_NETS]
+  # FT and FC-FT serve the classification and analyses too; 50-50 only
+  # detection.
+  used = {'ft', 'fcft'} | {cell[0] for cell in cells}
+  for mode in (m for m in FINETUNED if m in used):
     steps[f'net_{mode}'] = _step(
         'net', load('pascal_det.py', f'net={mode}'), seconds=seconds['net'],
         what=f'{mode} finetuning on VOC07 windows')
@@ -203,8 +208,6 @@ def get_config(arg=None):
       seconds=seconds['pascal_cls'],
       what='PASCAL-CLS per layer and pretraining snapshot')
 
-  cells = [cell for cell in DETECTION_CELLS
-           if det_grid == 'full' or cell[0] in REDUCED_GRID_NETS]
   extracted = set()
   for net, layer, ablation, produces in cells:
     det = load('pascal_det.py', f'net={net},layer={layer},ablation={ablation}')

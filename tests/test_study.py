@@ -97,6 +97,7 @@ def test_demo_grid_is_reduced_by_default():
   assert config.det_grid == 'reduced'
   assert {config.steps[n].config.net for n in detect} == {'pretrained', 'ft'}
   assert 'detect_ft_pool5_spmax' in detect
+  assert 'net_fiftyfifty' not in config.order  # only detection uses it
   # The demo facts the report cites come from the configs themselves.
   assert config.demo.pretrain_steps == config.steps.pretrain.config.total_steps
   assert config.demo.input_size == (
@@ -251,3 +252,16 @@ def test_reduced_demo_study_writes_a_complete_report(tmp_path):
   assert again['skipped'] == ['pretrain', 'pascal_cls_ablations']
   assert os.path.exists(os.path.join(workdir,
                                      'analyses/dynamics/fig4-1_dynamics.png'))
+
+
+def test_eta_scales_expected_times_by_the_measured_speed(capsys):
+  progress = study._Progress({'a': 10.0, 'b': 10.0, 'c': 20.0})
+  progress.start(0, ['a', 'b', 'c'], 'first')
+  assert 'step 1/3 a (first); 0:00:00 elapsed, ETA 0:00:40' in (
+      capsys.readouterr().out)
+  progress.finish('a', 0.5)   # cached: says nothing of speed
+  progress.start(1, ['a', 'b', 'c'], 'second')
+  assert 'ETA 0:00:30' in capsys.readouterr().out
+  progress.finish('b', 20.0)  # twice as slow as expected
+  progress.start(2, ['a', 'b', 'c'], 'third')
+  assert capsys.readouterr().out.strip().endswith('ETA 0:00:40')
