@@ -65,21 +65,31 @@ def test_recall_count_table_matches_brute_force_devkit_comparison():
   assert np.all(table[:, 0] == 41)         # no positives: unreachable
 
 
+def devkit_ap(scores, labels, num_classes):
+  """Per filter and class, VOCevalcls' AP (the numpy devkit transcription)."""
+  return np.array([[metrics.cls_average_precision(scores[:, f],
+                                                  np.where(labels == c, 1, -1))
+                    for c in range(num_classes)]
+                   for f in range(scores.shape[1])])
+
+
 def test_filter_average_precision_matches_devkit_reference():
   rng = np.random.default_rng(2)
-  acts = quantised(rng, (40, 2, 3, 6))
+  acts = quantised(rng, (40, 2, 3, 7))
   acts[..., 4] = 0.0                       # all ties: ranking is example order
+  acts[..., 5] -= 2.0                      # negative scores rank below zero
+  acts[::3, :, :, 6] = -0.0                # -0.0 ties with 0.0, as floats do
   labels = rng.integers(0, 4, 40)
   labels[labels == 3] = 0                  # class 3 has no positive
   labels[:10] = np.tile([0, 1, 2, 1, 1], 2)
-  ap = np.asarray(selectivity.filter_average_precision(acts, labels, 4,
-                                                       filter_chunk=4))
+  # 4 filters per chunk: two chunks, the second one short.
+  ap = selectivity.filter_average_precision(acts, labels, 4,
+                                            chunk_elements=4 * 40)
   scores = acts.max(axis=(1, 2))
-  want = np.array([[metrics.cls_average_precision(scores[:, f],
-                                                  np.where(labels == c, 1, -1))
-                    for c in range(4)] for f in range(6)])
+  assert np.any(np.signbit(scores[:, 6]) & (scores[:, 6] == 0))
+  want = devkit_ap(scores, labels, 4)
   np.testing.assert_allclose(ap, want, atol=1e-6)
-  assert np.all(ap[:, 3] == 0.0)
+  assert ap.shape == (7, 4) and np.all(ap[:, 3] == 0.0)
   # Rows sharded over the 8 devices: the same ranking, the same AP.
   rows = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
                                     jax.sharding.PartitionSpec('data'))
@@ -87,6 +97,22 @@ def test_filter_average_precision_matches_devkit_reference():
       selectivity.filter_average_precision(jax.device_put(scores, rows),
                                            jax.device_put(labels, rows), 4),
       ap)
+
+
+def test_filter_average_precision_on_continuous_scores_and_one_class():
+  rng = np.random.default_rng(4)
+  scores = rng.normal(size=(300, 5)).astype(np.float32)
+  labels = rng.integers(0, 6, 300)
+  labels[labels == 5] = 2                  # 5 classes used, 6 declared
+  np.testing.assert_allclose(
+      selectivity.filter_average_precision(scores, labels, 6),
+      devkit_ap(scores, labels, 6), atol=1e-6)
+  # A single positive: AP is the precision at its rank, at every level.
+  labels = np.zeros(300, int)
+  labels[17] = 1
+  ap = selectivity.filter_average_precision(scores, labels, 2)
+  rank = 1 + np.sum(scores > scores[17], axis=0)
+  np.testing.assert_allclose(ap[:, 1], 1 / rank, atol=1e-6)
 
 
 def test_pr_curves_match_loop():

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from fractions import Fraction
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cnnjax import progress
 
 METHODS = ('label', 'weighted', 'spmax')
 THRESHOLD_KINDS = ('linear', 'rank')
@@ -338,34 +338,56 @@ def entropy_from_statistics(statistics):
   return jnp.where(total[..., 0] > 0, -plogp.sum(axis=-1), 0.0)
 
 
-def _row_blocks(acts, labels, valid, rows: int):
-  """Yields (acts, labels, valid) blocks of `rows` rows for the kernels.
+def _aligned_empty(shape, dtype) -> np.ndarray:
+  """An uninitialised host array starting on a 64-byte boundary, the
+  alignment XLA:CPU needs to read host memory in place."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(size + 64, np.uint8)
+  offset = -raw.ctypes.data % 64
+  return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+def _map_blocks(fn, acts, labels, valid, rows: int):
+  """Yields fn(acts, labels, valid) as numpy for blocks of `rows` rows.
 
   A set that fits in one block is passed as given (a sharded jax array stays
   sharded). Otherwise the last block is zero-padded with valid False, so
   every block has the same shape and the jitted kernels compile once.
+
+  Host blocks (numpy, memmaps, a store's LayerView) reach the kernels
+  through one reused 64-byte-aligned buffer that XLA reads in place
+  (`from_dlpack(copy=False)`): a plain transfer copies every block into
+  freshly allocated memory, and first-touching those pages costs more than
+  the reductions themselves (~6x the spatial max of a pool5 block). Each
+  block's result is fetched before the buffer is refilled.
   """
   num_rows = acts.shape[0]
+  labels = np.asarray(labels, np.int32)
   if rows >= num_rows:
     if not isinstance(acts, (np.ndarray, jax.Array)):
       acts = acts[0:num_rows]                      # e.g. a store's LayerView
-    yield acts, np.asarray(labels, np.int32), valid
+    yield jax.tree.map(np.asarray, fn(acts, labels, valid))
     return
+  staging = None
   for start in range(0, num_rows, rows):
     stop = min(start + rows, num_rows)
     block = acts[start:stop]
-    block_valid = np.ones(stop - start, bool)
-    if valid is not None:
-      block_valid &= np.asarray(valid[start:stop], bool)
-    block_labels = np.asarray(labels[start:stop], np.int32)
-    pad = rows - (stop - start)
-    if pad:
-      widths = [(0, pad)] + [(0, 0)] * (len(block.shape) - 1)
-      block = (jnp.pad(block, widths) if isinstance(block, jax.Array)
-               else np.pad(np.asarray(block), widths))
-      block_labels = np.pad(block_labels, (0, pad))
-      block_valid = np.pad(block_valid, (0, pad))
-    yield block, block_labels, block_valid
+    block_valid = np.zeros(rows, bool)
+    block_valid[:stop - start] = (True if valid is None
+                                  else np.asarray(valid[start:stop], bool))
+    block_labels = np.zeros(rows, np.int32)
+    block_labels[:stop - start] = labels[start:stop]
+    if isinstance(block, jax.Array):
+      block = jnp.pad(block, [(0, rows - (stop - start))]
+                      + [(0, 0)] * (block.ndim - 1))
+    else:
+      if staging is None:
+        staging = _aligned_empty((rows,) + tuple(acts.shape[1:]), block.dtype)
+      staging[:stop - start] = block
+      staging[stop - start:] = 0
+      block = jax.dlpack.from_dlpack(staging, copy=False)
+    yield jax.tree.map(np.asarray, fn(block, block_labels, block_valid))
 
 
 def _rows_per_block(shape, chunk_elements: int) -> int:
@@ -378,25 +400,20 @@ def _block_spatial_max(block):
   return sample_scores(block, 'spmax')[:, 0]                 # [n, F]
 
 
-def _spatial_max(acts, rows: int):
-  """[N, H, W, F] -> [N, F] maps' maxima, `rows` rows at a time.
+def spatial_max(acts, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+  """Each map's maximum, [N, H, W, F] -> [N, F] float32, streamed by rows.
 
-  The result stays on the device: the later passes read it without another
-  transfer.
+  The 'spmax' sample set: later passes read these [N, F] maxima instead of
+  the maps. Accepts whatever `threshold_statistics` accepts; a jax array
+  is reduced where it lives (the result keeps its row sharding).
   """
-  blocks = [_block_spatial_max(block)
-            for block, _, _ in _row_blocks(acts, np.zeros(acts.shape[0]),
-                                           None, rows)]
-  if len(blocks) == 1:
-    return blocks[0]
-  return jnp.concatenate(blocks)[:acts.shape[0]]
-
-
-def _log_progress(what: str, done: int, total: int, start: float) -> None:
-  elapsed = time.time() - start
-  eta = elapsed / done * (total - done)
-  logging.info('%s: chunk %d/%d, %.1fs elapsed, ETA %.1fs', what, done, total,
-               elapsed, eta)
+  if isinstance(acts, jax.Array):
+    return _block_spatial_max(acts)
+  num_rows = acts.shape[0]
+  rows = _rows_per_block(acts.shape, chunk_elements)
+  blocks = _map_blocks(lambda block, *_: _block_spatial_max(block), acts,
+                       np.zeros(num_rows, np.int32), None, rows)
+  return np.concatenate(list(blocks))[:num_rows]
 
 
 def threshold_statistics(acts, labels, num_classes: int,
@@ -447,9 +464,8 @@ def threshold_statistics(acts, labels, num_classes: int,
   if method == 'spmax' and len(acts.shape) == 4:
     # One sample per example: reduce the maps in one pass and keep the
     # [N, F] maxima, so the later passes never read the maps again.
-    acts = _spatial_max(acts, rows)
+    acts = spatial_max(acts, chunk_elements)
     rows = _rows_per_block(acts.shape, chunk_elements)
-  num_chunks = math.ceil(num_rows / rows)
 
   if given:
     grid = np.asarray(thresholds, np.float32)
@@ -467,8 +483,10 @@ def threshold_statistics(acts, labels, num_classes: int,
   else:
     lo = np.full(num_filters, np.inf, np.float32)
     hi = np.full(num_filters, -np.inf, np.float32)
-    for block, _, block_valid in _row_blocks(acts, labels, valid, rows):
-      block_lo, block_hi = score_range(block, method, block_valid)
+    ranges = _map_blocks(
+        lambda block, _, block_valid: score_range(block, method, block_valid),
+        acts, labels, valid, rows)
+    for block_lo, block_hi in ranges:
       lo, hi = np.minimum(lo, block_lo), np.maximum(hi, block_hi)
     if not np.all(np.isfinite(lo) & np.isfinite(hi)):
       raise ValueError('no valid example (or non-finite activations): '
@@ -478,15 +496,15 @@ def threshold_statistics(acts, labels, num_classes: int,
 
   grid_device = jnp.asarray(grid)
   total = np.zeros((num_filters, num_thresholds, num_classes), np.float64)
-  start = time.time()
-  for done, (block, block_labels, block_valid) in enumerate(
-      _row_blocks(acts, labels, valid, rows), 1):
-    total += np.asarray(entropy_statistics(
-        block, block_labels, grid_device, num_classes, method, block_valid,
-        equally_spaced), np.float64)
-    if num_chunks > 1 and (done % max(1, num_chunks // 10) == 0
-                           or done == num_chunks):
-      _log_progress(f'{method} statistics', done, num_chunks, start)
+  line = progress.Progress(f'{method} statistics',
+                           math.ceil(num_rows / rows), 'chunks')
+  for statistics in _map_blocks(
+      lambda block, block_labels, block_valid: entropy_statistics(
+          block, block_labels, grid_device, num_classes, method,
+          block_valid, equally_spaced),
+      acts, labels, valid, rows):
+    total += statistics
+    line.update()
   return grid, total
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import cv2
-from absl import logging
+
+from cnnjax import progress
 
 _Job = TypeVar('_Job')
 _Result = TypeVar('_Result')
@@ -23,27 +23,6 @@ _Result = TypeVar('_Result')
 def _init_worker() -> None:
   # One OpenCV thread per process: the parallelism is over jobs.
   cv2.setNumThreads(1)
-
-
-class ProgressLog:
-  """Logs `what: done/total, rate, ETA` at most every `every_s` seconds."""
-
-  def __init__(self, what: str, total: int, unit: str = 'images',
-               every_s: float = 10.0):
-    self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
-    self.done = 0
-    self.start = self.last = time.monotonic()
-
-  def update(self, count: int = 1) -> None:
-    """Counts `count` more done; logs if due, and always at the end."""
-    self.done += count
-    now = time.monotonic()
-    if self.done < self.total and now - self.last < self.every_s:
-      return
-    self.last = now
-    rate = self.done / max(now - self.start, 1e-9)
-    logging.info('%s: %d/%d %s, %.1f/s, ETA %.0f s', self.what, self.done,
-                 self.total, self.unit, rate, (self.total - self.done) / rate)
 
 
 def map_in_processes(fn: Callable[[_Job], _Result], jobs: Sequence[_Job], *,
@@ -64,12 +43,12 @@ def map_in_processes(fn: Callable[[_Job], _Result], jobs: Sequence[_Job], *,
     The results in the order of `jobs`.
   """
   sizes = list(sizes) if sizes is not None else [1] * len(jobs)
-  progress = ProgressLog(what, sum(sizes), unit)
+  line = progress.Progress(what, sum(sizes), unit)
   if num_workers <= 1 or len(jobs) <= 1:
     results = []
     for job, size in zip(jobs, sizes):
       results.append(fn(job))
-      progress.update(size)
+      line.update(size)
     return results
   results: list[Any] = []
   with concurrent.futures.ProcessPoolExecutor(
@@ -78,5 +57,5 @@ def map_in_processes(fn: Callable[[_Job], _Result], jobs: Sequence[_Job], *,
     chunk = max(1, len(jobs) // (8 * num_workers))
     for result, size in zip(pool.map(fn, jobs, chunksize=chunk), sizes):
       results.append(result)
-      progress.update(size)
+      line.update(size)
   return results

@@ -20,8 +20,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
-import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
@@ -29,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from cnnjax import checkpoints
+from cnnjax import progress
 from cnnjax.data import preprocess
 from cnnjax.data import regions
 from cnnjax.data.voc import VocImage
@@ -212,31 +211,6 @@ def _default_shard_rows(shapes: Mapping[str, tuple], batch_size: int) -> int:
   return max(1, _SHARD_TARGET_BYTES // (largest * batch_size)) * batch_size
 
 
-class _Progress:
-  """Logs rows done, rate and ETA every `every_s` seconds."""
-
-  def __init__(self, what: str, total: int, every_s: float = 30.0):
-    self._what, self._total, self._every_s = what, total, every_s
-    self._done = 0
-    self._start = self._last = time.monotonic()
-
-  def update(self, rows: int, final: bool = False) -> None:
-    self._done += rows
-    now = time.monotonic()
-    if not final and now - self._last < self._every_s:
-      return
-    self._last = now
-    rate = self._done / max(now - self._start, 1e-9)
-    eta = (self._total - self._done) / rate if rate > 0 else float('inf')
-    if math.isfinite(eta):
-      minutes, seconds = divmod(int(eta), 60)
-      eta_text = f'{minutes // 60}:{minutes % 60:02d}:{seconds:02d}'
-    else:
-      eta_text = '?'
-    logging.info('%s: %d/%d rows, %.1f rows/s, ETA %s', self._what,
-                 self._done, self._total, rate, eta_text)
-
-
 def extract_features(params: Union[Any, str],
                      model_kwargs: Mapping[str, Any],
                      source: ExampleSource,
@@ -345,8 +319,9 @@ def extract_features(params: Union[Any, str],
       mesh, jax.sharding.PartitionSpec('data'))
   device_params = jax.device_put(params, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
-  progress = _Progress(f'extract {source.kind}',
-                       sum(stop - row for _, row, stop in batches))
+  line = progress.Progress(f'extract {source.kind}',
+                           sum(stop - row for _, row, stop in batches), 'rows',
+                           every_s=30.0)
   shard_buffers: dict[int, dict[str, np.ndarray]] = {}
   write_pool = concurrent.futures.ThreadPoolExecutor(1)
   writes: list[concurrent.futures.Future] = []
@@ -360,7 +335,7 @@ def extract_features(params: Union[Any, str],
     for name in layers:               # padded rows [row_stop - row:] dropped
       buffers[name][row - start:row_stop - start] = np.asarray(
           out[name])[:row_stop - row]
-    progress.update(row_stop - row)
+    line.update(row_stop - row)
     if row_stop == stop:
       if writes:
         writes[-1].result()           # one shard in flight bounds memory
@@ -385,7 +360,6 @@ def extract_features(params: Union[Any, str],
   finally:
     warped.close()                    # stops the warp threads on errors too
     write_pool.shutdown()
-  progress.update(0, final=True)
   return writer.finalize()
 
 
