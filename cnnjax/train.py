@@ -45,6 +45,7 @@ import optax
 
 from cnnjax import checkpoints
 from cnnjax import optim
+from cnnjax import sharding as sharding_lib
 from cnnjax.data import datasets
 from cnnjax.data import preprocess
 from cnnjax.data import proposals as proposals_lib
@@ -63,16 +64,6 @@ METRICS_FILE = 'metrics.jsonl'
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradient norm stopped being finite."""
-
-
-def make_mesh(devices: Optional[list] = None) -> jax.sharding.Mesh:
-  """A 1-D ('data',) mesh over `devices` (all devices by default)."""
-  devices = jax.devices() if devices is None else list(devices)
-  # Auto: XLA propagates shardings through the model (its reshapes need no
-  # sharding annotations, as Explicit axes would require).
-  return jax.make_mesh((len(devices),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
 
 
 def lr_at(optim_config: ml_collections.ConfigDict, step: int) -> float:
@@ -380,7 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     NonFiniteLossError: the loss or gradient norm became NaN/inf; the last
       checkpoint (written before that step) is kept.
   """
-  mesh = make_mesh() if mesh is None else mesh
+  mesh = sharding_lib.data_mesh() if mesh is None else mesh
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec('data'))

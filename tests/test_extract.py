@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from cnnjax import sharding
 from cnnjax.data import images as images_lib
 from cnnjax.data import preprocess
 from cnnjax.data import regions
@@ -111,7 +112,7 @@ def test_gt_boxes_equal_direct_forward_with_padded_last_batch(dataset,
 def test_one_and_eight_devices_agree(dataset, tmp_path):
   images, params = dataset
   source = extract.gt_boxes(images, include_difficult=False)
-  one = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
+  one = sharding.data_mesh(jax.devices()[:1])
   single = _extract(params, source, tmp_path / 'one', mesh=one)
   eight = _extract(params, source, tmp_path / 'eight')
   assert len(single) == sum(int((~im.difficult).sum()) for im in images)

@@ -18,6 +18,7 @@ import pytest
 from cnnjax import checkpoints
 from cnnjax import config_lib
 from cnnjax import optim
+from cnnjax import sharding
 from cnnjax import train
 from cnnjax.models import caffenet
 
@@ -177,7 +178,7 @@ def test_one_device_and_eight_devices_train_the_same(tmp_path,
   config = tiny_config(**REFERENCE)
   one = flat(train.train(config, str(tmp_path), random_batches,
                          eval_data=eval_data,
-                         mesh=train.make_mesh(jax.devices()[:1])))
+                         mesh=sharding.data_mesh(jax.devices()[:1])))
   eight = flat(reference_run[1])
   assert not np.array_equal(one['fc8/kernel'], initial(config)['fc8/kernel'])
   for name, value in one.items():

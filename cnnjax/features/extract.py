@@ -28,6 +28,7 @@ from absl import logging
 
 from cnnjax import checkpoints
 from cnnjax import progress
+from cnnjax import sharding
 from cnnjax.data import preprocess
 from cnnjax.data import regions
 from cnnjax.data.voc import VocImage
@@ -273,7 +274,7 @@ def extract_features(params: Union[Any, str],
                      f'{sorted(layers)}')
   if source.num_rows == 0:
     raise ValueError(f'source {source.kind!r} has no rows to extract')
-  mesh = mesh or jax.make_mesh((jax.device_count(),), ('data',))
+  mesh = mesh or sharding.data_mesh()
   num_devices = mesh.shape['data']
   if batch_size % num_devices:
     raise ValueError(f'batch_size {batch_size} is not a multiple of the '
