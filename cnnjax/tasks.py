@@ -14,6 +14,7 @@ TASKS = {
     'analyze': 'cnnjax.analyze:run',
     'classify': 'cnnjax.classify:run',
     'detect': 'cnnjax.detection.task:run',
+    'study': 'cnnjax.study:run',
     'train': 'cnnjax.train:run',
 }
 
