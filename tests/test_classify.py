@@ -17,8 +17,10 @@ from sklearn import svm as sk_svm
 
 from cnnjax import classify
 from cnnjax import config_lib
+from cnnjax import metrics
 from cnnjax import nets as nets_lib
 from cnnjax.data import datasets
+from cnnjax.data import synthetic
 from cnnjax.data import voc
 from cnnjax.features import store as store_lib
 
@@ -330,10 +332,10 @@ def test_run_writes_tables_devkit_files_and_reuses_cells(tmp_path, stubbed,
   # Devkit result files of every class, scored back to the same AP.
   cell = os.path.join(workdir, 'classify', 'pascal_cls', 'cells',
                       'pretrained-pool5-unroll')
-  ids, scores = classify.metrics.read_cls_results(os.path.join(
+  ids, scores = metrics.read_cls_results(os.path.join(
       cell, 'results', 'comp1_cls_test_aeroplane.txt'))
   assert ids == [im.image_id for im in images['test']]
-  assert classify.metrics.cls_average_precision(
+  assert metrics.cls_average_precision(
       scores, labels['test'][:, 0]) == pytest.approx(direct.ap[0])
   with open(os.path.join(out, 'ap_per_class.csv')) as f:
     assert [row[0] for row in csv.reader(f)][1:] == [
@@ -381,7 +383,36 @@ def test_runlocal_pascal_cls_end_to_end(tmp_path):
   summary = classify.run(config, str(tmp_path))
   labels = voc.cls_labels(datasets.voc_split(config.data, 'test'))
   # The demo features are weak; they must beat scores that carry nothing.
-  _, constant = classify.metrics.cls_map(np.zeros(labels.shape), labels)
+  _, constant = metrics.cls_map(np.zeros(labels.shape), labels)
   for layer in ('pool5', 'fc7'):
     assert summary['map'][layer]['pretrained'] > constant * 100 + 1, (
         summary['map'], constant)
+
+
+@pytest.mark.slow
+def test_demo_pretrained_features_beat_raw_pixels(tmp_path):
+  """The demo world is a real learning problem: GT-box classification on
+  the demo pretrained net's features beats the same SVMs on raw pixels.
+
+  Measured (demo pretraining 99 px, 800 steps): raw 32x32 pixels mAP 36.2;
+  pretrained pool5 56.3, fc7 57.7.
+  """
+  config = config_lib.load_sibling_config(
+      os.path.join(os.path.dirname(__file__), '..', 'configs', 'x.py'),
+      'gtbox_cls.py', 'runlocal,net=pretrained,layers=pool5+fc7')
+  summary = classify.run(config, str(tmp_path))
+  data = config.data
+  devkit = synthetic.demo_voc(data.data_dir or None, seed=data.demo_seed,
+                              num_trainval=data.demo_trainval,
+                              num_test=data.demo_test)
+  pixels = {}
+  for split in ('trainval', 'test'):
+    crops, classes = synthetic.gt_box_crops(devkit, split, size=32)
+    pixels[split] = (crops.reshape(len(crops), -1).astype(np.float32) - 128,
+                     classify.box_labels(classes, len(voc.VOC_CLASSES)))
+  probe = classify.fit_probe(*pixels['trainval'])
+  _, pixel_map = metrics.cls_map(
+      classify.probe_scores(probe, pixels['test'][0]), pixels['test'][1])
+  for layer in ('pool5', 'fc7'):
+    assert summary['map'][layer]['pretrained'] > 100 * pixel_map + 10, (
+        summary['map'], pixel_map)
