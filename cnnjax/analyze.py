@@ -33,11 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -47,6 +46,7 @@ import orbax.checkpoint as ocp
 from cnnjax import checkpoints
 from cnnjax import config_lib
 from cnnjax import nets as nets_lib
+from cnnjax import stepcache
 from cnnjax.analysis import ablations
 from cnnjax.analysis import dynamics
 from cnnjax.analysis import entropy
@@ -69,37 +69,6 @@ Stores = Mapping[str, store_lib.FeatureStore]
 
 # ---------------------------------------------------------------- helpers ---
 
-def cached_arrays(path: str, compute: Callable[[], Mapping[str, Any]],
-                  **settings: Any) -> dict[str, np.ndarray]:
-  """The arrays an earlier run saved at `path` with the same settings.
-
-  Otherwise `compute()` runs and its arrays are saved (atomically) with the
-  settings, so a rerun with other settings, or on re-extracted features
-  (their store's config hash is part of the settings), recomputes.
-
-  Args:
-    path: the .npz file.
-    compute: returns name -> array.
-    **settings: JSON-able values the arrays depend on.
-
-  Returns:
-    name -> numpy array.
-  """
-  signature = json.dumps(settings, sort_keys=True, default=str)
-  if os.path.exists(path):
-    with np.load(path) as found:
-      if '_settings' in found.files and str(found['_settings']) == signature:
-        return {k: found[k] for k in found.files if k != '_settings'}
-    logging.info('%s was computed with other settings: recomputing', path)
-  arrays = {name: np.asarray(value) for name, value in compute().items()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    np.savez(f, _settings=np.array(signature), **arrays)
-  os.replace(tmp, path)
-  return arrays
-
-
 class _Progress:
   """Logs each finished step of a long loop with elapsed time and ETA."""
 
@@ -113,11 +82,6 @@ class _Progress:
     eta = elapsed / self._done * (self._total - self._done)
     logging.info('%s %d/%d (%s): %.0fs elapsed, ETA %.0fs', self._what,
                  self._done, self._total, label, elapsed, eta)
-
-
-def store_signature(store: store_lib.FeatureStore) -> str:
-  """What identifies a store's features (its extraction's config hash)."""
-  return str(store.metadata.get('config_hash', store.directory))
 
 
 def example_mask(store: store_lib.FeatureStore,
@@ -258,12 +222,12 @@ def entropy_report(stores: Stores, out_dir: str, *, layers: Sequence[str],
     examples[net] = int(keep.sum())
     for layer in layers:
       for method in methods:
-        aue[method][net][layer] = cached_arrays(
+        aue[method][net][layer] = stepcache.cached_arrays(
             os.path.join(out_dir, 'cache', net, f'{layer}_{method}.npz'),
             functools.partial(_filter_aue, store.layer(layer), labels, keep,
                               method, num_thresholds, thresholds,
                               chunk_elements),
-            features=store_signature(store),
+            features=stepcache.store_signature(store),
             num_thresholds=num_thresholds, thresholds=thresholds,
             include_difficult=include_difficult)['aue']
         progress.step(f'{net} {layer} {method}')
@@ -386,13 +350,14 @@ def selectivity_report(stores: Stores, out_dir: str, *, layer: str = 'pool5',
     keep = example_mask(store, include_difficult)
     labels = box_labels(store)[keep]
 
-    results[net] = cached_arrays(
+    results[net] = stepcache.cached_arrays(
         os.path.join(out_dir, 'cache', f'{net}_{layer}.npz'),
         functools.partial(_filter_selectivity, store.layer(layer), labels,
                           keep, top, num_thresholds, thresholds,
                           chunk_elements),
-        features=store_signature(store), num_thresholds=num_thresholds,
-        thresholds=thresholds, top=top, include_difficult=include_difficult)
+        features=stepcache.store_signature(store),
+        num_thresholds=num_thresholds, thresholds=thresholds, top=top,
+        include_difficult=include_difficult)
 
   classes = np.arange(NUM_CLASSES)
   best_selectivity = {net: r['selectivity'][r['selective'][:, 0], classes]
@@ -488,12 +453,13 @@ def subsets_report(train_stores: Stores, test_stores: Stores, out_dir: str, *,
   for net, test_store in test_stores.items():
     train_store = train_stores[net]
 
-    results[net] = cached_arrays(
+    results[net] = stepcache.cached_arrays(
         os.path.join(out_dir, 'cache', f'{net}_{layer}.npz'),
         functools.partial(_greedy_subsets, train_store, test_store, layer,
                           sizes, top_overlap, include_difficult,
                           chunk_elements, svm),
-        train=store_signature(train_store), test=store_signature(test_store),
+        train=stepcache.store_signature(train_store),
+        test=stepcache.store_signature(test_store),
         sizes=list(sizes), top_overlap=top_overlap, svm=svm,
         include_difficult=include_difficult)
 
@@ -585,7 +551,7 @@ def dynamics_report(pretrain_workdir: str, out_dir: str, *,
         'nets.pretrained=<a workdir of configs/imagenet_caffenet.py>')
   steps = resolve_snapshots(pretrain_workdir, steps)
 
-  grids = cached_arrays(
+  grids = stepcache.cached_arrays(
       os.path.join(out_dir, 'cache', 'conv1_grids.npz'),
       lambda: {f'step_{s}': dynamics.filter_grid(
           checkpoints.load_params(pretrain_workdir, s)['conv1']['kernel'])
@@ -671,11 +637,12 @@ def similarity_report(net_stores: Stores, snapshot_stores: Mapping[int,
     values = {}
     progress = _Progress('CKA nets', len(others))
     for net in others:
-      values[net] = cached_arrays(
+      values[net] = stepcache.cached_arrays(
           os.path.join(out_dir, 'cache', f'{REFERENCE_NET}_vs_{net}.npz'),
           lambda net=net: {'cka': layer_cka(reference, net_stores[net],
                                             layers, rows, batch_size)},
-          a=store_signature(reference), b=store_signature(net_stores[net]),
+          a=stepcache.store_signature(reference),
+          b=stepcache.store_signature(net_stores[net]),
           layers=list(layers), batch_size=batch_size,
           include_difficult=include_difficult)['cka']
       progress.step(net)
@@ -695,11 +662,11 @@ def similarity_report(net_stores: Stores, snapshot_stores: Mapping[int,
   steps = sorted(snapshot_stores)
   if len(steps) > 1:
     stores = [snapshot_stores[s] for s in steps]
-    found = cached_arrays(
+    found = stepcache.cached_arrays(
         os.path.join(out_dir, 'cache', 'snapshots.npz'),
         functools.partial(_snapshot_cka, stores, layers, batch_size),
-        stores=[store_signature(s) for s in stores], layers=list(layers),
-        batch_size=batch_size)
+        stores=[stepcache.store_signature(s) for s in stores],
+        layers=list(layers), batch_size=batch_size)
     pair_names = [f'{a}->{b}' for a, b in zip(steps[:-1], steps[1:])]
     step_names = [str(s) for s in steps]
     for key, names in (('consecutive', pair_names), ('to_final', step_names)):

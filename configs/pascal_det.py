@@ -15,11 +15,20 @@ devkit_dir=~/data/VOCdevkit,pretrained=~/weights/caffenet \
 Expected (seeds Table 2.3, VOC07 test mAP): pretrained pool5 45.0, fc7 45.5;
 FT pool5 47.6, fc6 53.1, fc7 54.1; FC-FT fc6 51.0, fc7 53.3; 50-50 (Table 4.2)
 pool5 44.1, fc7 50.5; ablations on pool5 (Table 5.2): sp-max 25.4, bin 45.7.
-R-CNN's own figures (SPEC 4): no FT fc7 44.7, FT fc7 54.2.
+R-CNN's own figures (SPEC 4): no FT fc7 44.7, FT fc7 54.2, FT fc7 with
+bounding-box regression 58.5.
+
+`:bbox_reg` adds R-CNN's class-specific box regression (ridge on pool5 of the
+same net, trained on trainval proposals with IoU > 0.6 to their GT) applied
+to the top detections before NMS; the plain run's outputs are written as
+always and the regressed ones beside them, in
+`<workdir>/detect/<net>-<layer>-<ablation>-bboxreg/` (the seeds' tables are
+without it). At full scale it extracts pool5 in addition to `layer`.
 
 Demo (`:runlocal`): the embedded demo VOC data (300 trainval + 300 test
-images), the demo CaffeNet (width 0.25, 115 px input; pretrained on the demo
-classification set first if absent), pool5/fc6/fc7 extracted once:
+images of 160x120), the demo CaffeNet at the demo input size of
+configs/pascal_finetune.py (pretrained on the demo classification set first
+if absent), pool5/fc6/fc7 extracted once:
 
   python -m cnnjax.main --config configs/pascal_det.py:runlocal \
       --workdir /tmp/pascal_det_demo
@@ -29,7 +38,8 @@ table for measured figures); a rerun with another layer or ablation reuses the
 proposals, nets and features (`:runlocal,layer=pool5`).
 
 Args: runlocal, net (pretrained|ft|fcft|fiftyfifty), layer (pool5|fc6|fc7),
-ablation (unroll|sp-max|bin|sm-bn-lc|...), voc (devkit|tfds|demo),
+ablation (unroll|sp-max|bin|sm-bn-lc|...), bbox_reg (flag: also report
+with box regression), voc (devkit|tfds|demo),
 devkit_dir, tfds_data_dir, data_dir (demo cache root), pretrained (an
 imported CaffeNet or a pretraining workdir), mean_path, proposals_mat
 (R-CNN's precomputed boxes, `{split}` in the path is replaced).
@@ -38,52 +48,23 @@ imported CaffeNet or a pretraining workdir), mean_path, proposals_mat
 import ml_collections
 
 from cnnjax import config_lib
-from cnnjax import nets as nets_lib
-from cnnjax.data import datasets
 
-FINETUNED = ('ft', 'fcft', 'fiftyfifty')
+FINETUNING = config_lib.sibling_config_module(__file__, 'pascal_finetune.py')
 
 
 def get_config(arg=None):
   """The detection config; see the module docstring."""
   arg = config_lib.parse_arg(
       arg, runlocal=False, net='pretrained', layer='fc7', ablation='unroll',
-      voc='devkit', devkit_dir='', tfds_data_dir='', data_dir='',
-      pretrained='', mean_path='', proposals_mat='')
+      bbox_reg=False, voc='devkit', devkit_dir='', tfds_data_dir='',
+      data_dir='', pretrained='', mean_path='', proposals_mat='')
   config = ml_collections.ConfigDict()
   config.task = 'detect'
   config.net = arg.net
   config.layer = arg.layer
   config.ablation = arg.ablation
   config.runlocal = arg.runlocal
-
-  if arg.runlocal:
-    config.data = datasets.data_config(voc='demo', data_dir=arg.data_dir)
-  else:
-    config.data = datasets.data_config(
-        voc=arg.voc, devkit_dir=arg.devkit_dir,
-        tfds_data_dir=arg.tfds_data_dir)
-
-  finetune = {}
-  for mode in ((arg.net,) if arg.net in FINETUNED else ()):
-    ft_arg = f'mode={mode},data_dir={arg.data_dir}' + (
-        ',runlocal' if arg.runlocal else '')
-    ft = config_lib.load_sibling_config(__file__, 'pascal_finetune.py', ft_arg)
-    ft.data = config.data
-    if not arg.runlocal:
-      ft.init_from = arg.pretrained
-    if arg.proposals_mat:
-      ft.input.proposals_mat = arg.proposals_mat
-    finetune[mode] = ft
-  # The pretrained net and input geometry, as the finetuning config has them.
-  reference = config_lib.load_sibling_config(
-      __file__, 'pascal_finetune.py',
-      f'mode=ft,data_dir={arg.data_dir}' + (',runlocal' if arg.runlocal else ''))
-  config.nets = nets_lib.nets_config(
-      pretrained=reference.init_from if arg.runlocal else arg.pretrained,
-      pretrain=reference.init_pretrain if arg.runlocal else None,
-      finetune=finetune, input_size=reference.input.image_size,
-      mean_path=arg.mean_path)
+  config.data, config.nets = FINETUNING.voc_experiment(arg, (arg.net,))
 
   config.proposals = ml_collections.ConfigDict(dict(
       trainval_mat='', test_mat='', num_workers=2))
@@ -91,14 +72,19 @@ def get_config(arg=None):
     config.proposals.trainval_mat = arg.proposals_mat.format(split='trainval')
     config.proposals.test_mat = arg.proposals_mat.format(split='test')
 
+  # Box regression reads pool5 whatever layer the SVMs use.
+  layers = (arg.layer,) + (('pool5',) if arg.bbox_reg and arg.layer != 'pool5'
+                           else ())
   config.extract = ml_collections.ConfigDict(dict(
-      layers=(arg.layer,), batch_size=256, encoding='float32'))
+      layers=layers, batch_size=256, encoding='float32'))
   config.svm = ml_collections.ConfigDict(dict(
       C=1e-3, pos_weight=2.0, bias_scale=10.0, tol=0.1, target_norm=20.0,
       norm_images=200, norm_boxes_per_image=200, seed=0))
   config.mining = ml_collections.ConfigDict(dict(
       hard_threshold=-1.0001, evict_threshold=-1.2, retrain_limit=2000))
   config.test = ml_collections.ConfigDict(dict(top_k=100, nms_threshold=0.3))
+  config.bbox_reg = ml_collections.ConfigDict(dict(
+      enabled=arg.bbox_reg, min_overlap=0.6, ridge_lambda=1000.0))
 
   if arg.runlocal:
     # Extract every detection layer once; reruns with another layer reuse it.

@@ -6,7 +6,7 @@ from cnnjax.detection import mining
 
 
 def _ridge_train_fn(features, targets, mask):
-  """A deterministic stand-in solver: per-class ridge regression on masked rows."""
+  """A deterministic stand-in solver: per-class ridge on the masked rows."""
   dim, k = features.shape[1], targets.shape[1]
   w = np.zeros((dim, k), np.float32)
   b = np.zeros((k,), np.float32)
@@ -119,3 +119,43 @@ def test_retrain_only_after_limit_and_last_image():
   # Never over the limit: train on the first image and after the last only.
   assert [bool(r.any()) for r in retrain_log] == [True, False, False, False,
                                                   True]
+
+
+def test_cache_rows_stay_aligned_through_adds_repeats_and_evictions():
+  rng = np.random.default_rng(4)
+  cache = mining.NegativeCache(dim=3, num_classes=2, dtype=np.float32)
+  features = {}                                    # row id -> feature row
+  members = set()                                  # (row id, class)
+
+  def image(ids):
+    rows = mining.ImageRows(
+        row_ids=np.array(ids), features=rng.normal(size=(len(ids), 3)).astype(
+            np.float32), negative=rng.random((len(ids), 2)) < 0.6)
+    for r, f in zip(ids, rows.features):
+      features.setdefault(r, f)
+    return rows
+
+  def add(rows):
+    mask = rows.negative
+    added = cache.add(rows, mask)
+    new = {(int(r), c) for i, r in enumerate(rows.row_ids) for c in range(2)
+           if mask[i, c]} - members
+    members.update(new)
+    np.testing.assert_array_equal(added, [sum(1 for _, c in new if c == k)
+                                          for k in range(2)])
+
+  for ids in ([5, 6, 7, 9], [12, 13], [6, 9, 30], [1, 2, 40, 41, 42, 43]):
+    add(image(ids))                  # [6, 9]: seen again; [1, 2]: earlier ids
+  scores = rng.normal(size=(cache.size, 1))       # class 1's scores
+  position = {int(r): i for i, r in enumerate(cache.row_ids)}
+  cache.evict(np.array([1]), scores, 0.0)
+  members = {(r, c) for r, c in members
+             if c != 1 or scores[position[r], 0] >= 0.0}
+  # The cache as a set of (row, class) pairs, its rows sorted and unique,
+  # every row's feature the one it was added with.
+  assert {(int(r), c) for r, m in zip(cache.row_ids, cache.member)
+          for c in range(2) if m[c]} == members
+  assert list(cache.row_ids) == sorted(set(cache.row_ids.tolist()))
+  assert cache.member.any(axis=1).all()
+  for r, f in zip(cache.row_ids, cache.features):
+    np.testing.assert_array_equal(f, features[int(r)])

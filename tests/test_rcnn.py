@@ -1,9 +1,12 @@
 """R-CNN detector training and test scoring over a feature store."""
 
+import jax
 import numpy as np
 
+from cnnjax.analysis import ablations
 from cnnjax.data import regions
 from cnnjax.data.voc import VocImage
+from cnnjax.detection import nms
 from cnnjax.detection import rcnn
 from cnnjax.features import store as store_lib
 from cnnjax import metrics
@@ -19,8 +22,8 @@ def test_class_overlaps_equals_loop():
   expected = np.zeros((30, 7))
   for r in range(30):
     for g in range(6):
-      expected[r, gt_labels[g]] = max(expected[r, gt_labels[g]],
-                                      regions.iou(boxes[r:r + 1], gt[g:g + 1])[0, 0])
+      overlap = regions.iou(boxes[r:r + 1], gt[g:g + 1])[0, 0]
+      expected[r, gt_labels[g]] = max(expected[r, gt_labels[g]], overlap)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -55,7 +58,8 @@ def _toy_detection_problem(tmp_path, num_images=8, num_classes=3, seed=0):
   writer = store_lib.FeatureStoreWriter(
       str(tmp_path / 'store'), {'fc7': ((dim,), 'float32')},
       num_rows=len(feats), shard_rows=len(feats))
-  writer.write_shard(0, {'fc7': feats}, {k: np.array(v) for k, v in rows.items()})
+  writer.write_shard(0, {'fc7': feats},
+                     {k: np.array(v) for k, v in rows.items()})
   return images, writer.finalize(), num_classes
 
 
@@ -69,7 +73,10 @@ def test_train_and_detect_on_a_separable_toy_problem(tmp_path):
                              rtol=1e-4)
   w, b = rcnn.train_detectors(reader, images, scale, k, config,
                               log=lambda _: None)
-  dets = rcnn.detect(reader, scale, w, b, log=lambda _: None)
+  candidates = rcnn.score_candidates(reader, scale, w, b, top_k=100,
+                                     log=lambda _: None)
+  dets = rcnn.suppress(rcnn.candidate_boxes(reader, candidates['rows']),
+                       candidates['scores'], candidates['rows'] >= 0, 0.3)
   assert len(dets) == k
   for c, found in enumerate(dets):
     # GT rows are never scored at test time.
@@ -82,16 +89,70 @@ def test_train_and_detect_on_a_separable_toy_problem(tmp_path):
     assert len(found.boxes) <= 4 * len(images)
 
 
-def test_load_or_computes_once(tmp_path):
-  calls = []
+def _random_store(tmp_path, num_images=7, layer_shape=(2, 2, 3), seed=0):
+  """A store of GT and proposal rows with random features and boxes; tied
+  features (and so tied scores) in every image."""
+  rng = np.random.default_rng(seed)
+  feats, rows = [], {'image_index': [], 'box': [], 'is_gt': [], 'label': []}
+  for i in range(num_images):
+    num = int(rng.integers(3, 40)) if i != 3 else 2      # image 3: GT only
+    xy = rng.integers(1, 60, (num, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(4, 40, (num, 2))], 1)
+    f = rng.integers(0, 3, (num,) + layer_shape).astype(np.float32)
+    feats.append(f)
+    rows['image_index'] += [i] * num
+    rows['box'] += list(boxes)
+    rows['is_gt'] += [r < 2 for r in range(num)]
+    rows['label'] += [0 if r < 2 else -1 for r in range(num)]
+  feats = np.concatenate(feats)
+  writer = store_lib.FeatureStoreWriter(
+      str(tmp_path / 'rand'), {'pool5': (layer_shape, 'float32')},
+      num_rows=len(feats), shard_rows=50)
+  for shard in range(-(-len(feats) // 50)):
+    part = slice(shard * 50, (shard + 1) * 50)
+    writer.write_shard(shard, {'pool5': feats[part]},
+                       {k: np.array(v)[part] for k, v in rows.items()})
+  return writer.finalize()
 
-  def compute():
-    calls.append(1)
-    return {'w': np.arange(3.0)}
 
-  path = str(tmp_path / 'sub' / 'svm.npz')
-  first = rcnn.load_or(path, compute)
-  second = rcnn.load_or(path, compute)
-  assert len(calls) == 1
-  np.testing.assert_array_equal(first['w'], second['w'])
-  assert sorted(p.name for p in (tmp_path / 'sub').iterdir()) == ['svm.npz']
+def test_padded_ablated_reads_equal_the_ablation_of_the_rows(tmp_path):
+  # sp-shuffle: each row's permutation must follow its row id, not its
+  # position in the padded batch.
+  store = _random_store(tmp_path)
+  reader = rcnn.AblatedRows(store, 'pool5', 'sp-shuffle', seed=3)
+  span = reader.image_rows(2)
+  rows = np.concatenate([[5, 0, 17, 40], np.arange(span.start, span.stop)])
+  expected = ablations.apply_ablation(
+      'sp-shuffle', store.layer('pool5').read()[rows], rng=jax.random.key(3),
+      example_ids=rows)
+  np.testing.assert_array_equal(reader.features(rows[:4]), expected[:4])
+  np.testing.assert_array_equal(reader.features(span), expected[4:])
+
+
+def test_candidates_and_nms_equal_a_loop_per_image_and_class(tmp_path):
+  store = _random_store(tmp_path)
+  reader = rcnn.AblatedRows(store, 'pool5', 'unroll')
+  rng = np.random.default_rng(1)
+  weights = rng.integers(-2, 3, (12, 4)).astype(np.float32)
+  biases = np.array([0.5, -1.0, 0.0, 2.0], np.float32)
+  scale, top_k = 0.5, 6
+  candidates = rcnn.score_candidates(reader, scale, weights, biases,
+                                     top_k=top_k, log=lambda _: None)
+  found = rcnn.suppress(rcnn.candidate_boxes(reader, candidates['rows']),
+                        candidates['scores'], candidates['rows'] >= 0, 0.3)
+  image_index = store.rows('image_index')
+  is_gt = store.rows('is_gt').astype(bool)
+  boxes = store.rows('box')
+  for k in range(4):
+    expected = []
+    for i in range(7):
+      rows = np.flatnonzero((image_index == i) & ~is_gt)
+      # The reader's features are checked by the test above.
+      scores = reader.features(rows) * scale @ weights[:, k] + biases[k]
+      order = sorted(range(len(rows)), key=lambda r: -scores[r])[:top_k]
+      for j in nms(boxes[rows[order]], scores[order], 0.3):
+        expected.append((i, scores[order[j]], tuple(boxes[rows[order[j]]])))
+    assert [int(i) for i in found[k].image_index] == [e[0] for e in expected]
+    np.testing.assert_allclose(found[k].scores, [e[1] for e in expected],
+                               rtol=1e-6)
+    assert [tuple(b) for b in found[k].boxes] == [e[2] for e in expected]

@@ -9,7 +9,9 @@ below `evict_threshold` are evicted. Positives (the class's GT boxes) are
 never evicted.
 
 Rows are identified by their index in the trainval feature table, so "not
-already cached" is a set-membership test on row ids.
+already cached" is a membership test on row ids. The classes share one cache
+buffer: a row is stored once, with a flag per class whose cache holds it, and
+every class of an image is scored by one matmul.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 NEGATIVE_OVERLAP = 0.3
+_MIN_PADDED_ROWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +54,77 @@ TrainFn = Callable[[np.ndarray, np.ndarray, np.ndarray],
                    tuple[np.ndarray, np.ndarray]]
 
 
-@dataclasses.dataclass
-class NegativeCache:
-  """Cached negatives of every class: a row pool plus per-class membership."""
-  row_ids: np.ndarray        # [M] global row ids, unique
-  features: np.ndarray       # [M, D]
-  member: np.ndarray         # [M, K] bool
+def padded_rows(num: int) -> int:
+  """`num` rounded up to a power of two (at least 256).
 
-  @classmethod
-  def empty(cls, dim: int, num_classes: int, dtype) -> 'NegativeCache':
-    return cls(np.zeros((0,), np.int64), np.zeros((0, dim), dtype),
-               np.zeros((0, num_classes), bool))
+  Arrays of a varying number of rows (a training pool, an image's
+  proposals) are padded to this size before jitted code sees them, so it
+  compiles once per doubling rather than once per size. Training pools are
+  padded with rows that belong to no problem.
+  """
+  return max(_MIN_PADDED_ROWS, 1 << (max(num, 1) - 1).bit_length())
+
+
+class NegativeCache:
+  """Cached negatives of every class: one row buffer, a member flag per class.
+
+  Rows are kept sorted by row id (lookups are binary searches) in a buffer
+  that doubles when full, so adding an image costs its own rows, not a copy
+  of the cache.
+  """
+
+  def __init__(self, dim: int, num_classes: int, dtype):
+    self._row_ids = np.zeros((0,), np.int64)            # [capacity]
+    self._features = np.zeros((0, dim), dtype)          # [capacity, D]
+    self._member = np.zeros((0, num_classes), bool)     # [capacity, K]
+    self.size = 0
+
+  @property
+  def row_ids(self) -> np.ndarray:
+    """[M] global row ids of the cached rows, ascending."""
+    return self._row_ids[:self.size]
+
+  @property
+  def features(self) -> np.ndarray:
+    """[M, D] features of the cached rows."""
+    return self._features[:self.size]
+
+  @property
+  def member(self) -> np.ndarray:
+    """[M, K] bool, row m is in class k's cache."""
+    return self._member[:self.size]
+
+  def _append(self, row_ids: np.ndarray, features: np.ndarray) -> None:
+    """Appends rows not cached yet (no member flags), keeping ids sorted."""
+    needed = self.size + len(row_ids)
+    if needed > len(self._row_ids):
+      capacity = max(needed, 2 * len(self._row_ids))
+      grow = capacity - len(self._row_ids)
+      self._row_ids = np.concatenate([self._row_ids,
+                                      np.zeros(grow, np.int64)])
+      self._features = np.concatenate(
+          [self._features, np.zeros((grow,) + self._features.shape[1:],
+                                    self._features.dtype)])
+      self._member = np.concatenate(
+          [self._member, np.zeros((grow, self._member.shape[1]), bool)])
+    stop = self.size + len(row_ids)
+    self._row_ids[self.size:stop] = row_ids
+    self._features[self.size:stop] = features
+    self._member[self.size:stop] = False
+    if self.size and row_ids[0] < self._row_ids[self.size - 1]:
+      # Rows of an earlier id (an image seen again): restore the order.
+      order = np.argsort(self._row_ids[:stop], kind='stable')
+      self._row_ids[:stop] = self._row_ids[order]
+      self._features[:stop] = self._features[order]
+      self._member[:stop] = self._member[order]
+    self.size = stop
+
+  def _positions(self, row_ids: np.ndarray) -> np.ndarray:
+    """[R] buffer position of each row id, -1 where not cached."""
+    if not self.size:
+      return np.full(len(row_ids), -1)
+    where = np.minimum(np.searchsorted(self.row_ids, row_ids), self.size - 1)
+    return np.where(self.row_ids[where] == row_ids, where, -1)
 
   def add(self, rows: ImageRows, add_mask: np.ndarray) -> np.ndarray:
     """Adds rows where add_mask [R, K] holds and the row is not cached for k.
@@ -69,30 +132,37 @@ class NegativeCache:
     Returns:
       [K] number of negatives newly added per class.
     """
-    position = {int(r): i for i, r in enumerate(self.row_ids)}
-    new_rows = [i for i, r in enumerate(rows.row_ids)
-                if int(r) not in position and add_mask[i].any()]
-    if new_rows:
-      self.row_ids = np.concatenate([self.row_ids, rows.row_ids[new_rows]])
-      self.features = np.concatenate([self.features, rows.features[new_rows]])
-      self.member = np.concatenate(
-          [self.member, np.zeros((len(new_rows), self.member.shape[1]), bool)])
-      position.update({int(rows.row_ids[i]): len(self.row_ids) - len(new_rows) + j
-                       for j, i in enumerate(new_rows)})
-    index = np.array([position.get(int(r), -1) for r in rows.row_ids])
+    row_ids = np.asarray(rows.row_ids, np.int64)
+    wanted = add_mask.any(axis=1)                                   # [R]
+    new = wanted & (self._positions(row_ids) < 0)
+    if new.any():
+      order = np.argsort(row_ids[new], kind='stable')
+      self._append(row_ids[new][order], rows.features[new][order])
+    index = self._positions(row_ids)                                # [R]
     found = index >= 0
-    before = self.member[index[found]]
+    before = self._member[index[found]]                             # [F, K]
     after = before | add_mask[found]
-    self.member[index[found]] = after
+    self._member[index[found]] = after
     return (after & ~before).sum(axis=0)
 
   def evict(self, classes: np.ndarray, scores: np.ndarray, threshold: float):
-    """Drops class k's negatives scoring below `threshold` for k in classes."""
-    self.member[:, classes] &= ~(scores[:, classes] < threshold)
-    keep = self.member.any(axis=1)
-    self.row_ids = self.row_ids[keep]
-    self.features = self.features[keep]
-    self.member = self.member[keep]
+    """Drops class k's negatives scoring below `threshold` for k in classes.
+
+    Args:
+      classes: [C] class indices just retrained.
+      scores: [M, C] scores of the cached rows by those classes.
+      threshold: the eviction threshold.
+    """
+    member = self.member
+    member[:, classes] &= ~(scores < threshold)
+    keep = np.flatnonzero(member.any(axis=1))
+    if len(keep) == self.size:
+      return
+    num = len(keep)
+    self._row_ids[:num] = self._row_ids[keep]
+    self._features[:num] = self._features[keep]
+    self._member[:num] = self._member[keep]
+    self.size = num
 
 
 def train_with_mining(
@@ -109,7 +179,11 @@ def train_with_mining(
     positive_labels: [P] class index of each GT box (difficult included).
     images: ImageRows per trainval image, in trainval order (streamed).
     num_classes: K.
-    train_fn: the SVM solver (SPEC 4 objective), see TrainFn.
+    train_fn: the SVM solver (SPEC 4 objective), see TrainFn. It solves one
+      class at a time (one problem over the class's positives and cached
+      negatives, plus padding rows that are masked out): the classes'
+      caches barely overlap, so a joint solve would mostly step through
+      examples outside each problem.
     config: thresholds and the retrain limit.
     on_image: called after each image with (image index, cache, retrained
       classes [K] bool); for progress and for tests of the procedure.
@@ -122,26 +196,36 @@ def train_with_mining(
   dim = positives.shape[1]
   weights = np.zeros((dim, num_classes), np.float32)
   biases = np.zeros((num_classes,), np.float32)
-  cache = NegativeCache.empty(dim, num_classes, positives.dtype)
-  pos_targets = np.where(
-      positive_labels[:, None] == np.arange(num_classes)[None], 1.0, -1.0)
-  pos_mask = pos_targets > 0                              # [P, K]
+  cache = NegativeCache(dim, num_classes, positives.dtype)
   added_since_train = np.zeros(num_classes, np.int64)
   images = list(images) if num_images is None else images
   total = len(images) if num_images is None else num_images
   start = time.time()
+  solve_seconds = 0.0
 
   def retrain(classes: np.ndarray) -> None:
-    nonlocal weights, biases
-    pool = np.concatenate([positives, cache.features])   # [P+M, D]
-    targets = np.concatenate(
-        [pos_targets, -np.ones(cache.member.shape, np.float32)])
-    mask = np.concatenate([pos_mask, cache.member]) & classes[None]
-    new_w, new_b = train_fn(pool, targets.astype(np.float32), mask)
-    weights[:, classes] = np.asarray(new_w)[:, classes]
-    biases[classes] = np.asarray(new_b)[classes]
-    scores = cache.features @ weights + biases            # [M, K]
-    cache.evict(np.flatnonzero(classes), scores, config.evict_threshold)
+    nonlocal solve_seconds
+    for k in np.flatnonzero(classes):
+      # Class k alone: its positives and its cached negatives (padded).
+      class_positives = positives[positive_labels == k]
+      negatives = cache.features[cache.member[:, k]]
+      num_k = len(class_positives)
+      num = num_k + len(negatives)
+      rows = padded_rows(num)
+      pool = np.zeros((rows, dim), positives.dtype)                # [N, D]
+      pool[:num_k] = class_positives
+      pool[num_k:num] = negatives
+      targets = np.where(np.arange(rows) < num_k, 1.0, -1.0).astype(
+          np.float32)[:, None]                                     # [N, 1]
+      mask = (np.arange(rows) < num)[:, None]                      # [N, 1]
+      solve_start = time.time()
+      new_w, new_b = train_fn(pool, targets, mask)
+      weights[:, k] = np.asarray(new_w)[:, 0]
+      biases[k] = np.asarray(new_b)[0]
+      solve_seconds += time.time() - solve_start
+    retrained = np.flatnonzero(classes)
+    scores = cache.features @ weights[:, retrained] + biases[retrained]
+    cache.evict(retrained, scores, config.evict_threshold)       # [M, C]
     added_since_train[classes] = 0
 
   for index, rows in enumerate(images):
@@ -149,7 +233,7 @@ def train_with_mining(
     if first:
       add_mask = rows.negative
     else:
-      scores = rows.features @ weights + biases           # [R, K]
+      scores = rows.features @ weights + biases                    # [R, K]
       add_mask = rows.negative & (scores > config.hard_threshold)
     added_since_train += cache.add(rows, add_mask)
     has_negatives = cache.member.any(axis=0)
@@ -162,6 +246,7 @@ def train_with_mining(
     if (index + 1) % max(1, total // 20) == 0 or last:
       elapsed = time.time() - start
       eta = elapsed / (index + 1) * (total - index - 1)
-      log(f'mining: image {index + 1}/{total}, cache {len(cache.row_ids)} '
-          f'rows, {elapsed:.0f}s elapsed, ETA {eta:.0f}s')
+      log(f'mining: image {index + 1}/{total}, cache {cache.size} rows, '
+          f'{elapsed:.0f}s elapsed ({solve_seconds:.0f}s in the solver), '
+          f'ETA {eta:.0f}s')
   return weights, biases

@@ -5,12 +5,16 @@ The stores hold, per image, its GT rows then its proposal rows
 rows at a time, so trainval and test sets far larger than memory stream
 through. Features are transformed by an ablation (`analysis.ablations`) and
 scaled to mean norm 20 on trainval before any SVM sees them.
+
+Test scoring is split in steps that the task caches: the top candidates of
+every image and class (`score_candidates`), optionally moved by the box
+regressors (`train_box_regressors`, `regress_candidates`), then per-class
+NMS of all images in a few jitted batches (`suppress`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Callable, Iterator, Sequence
 
@@ -21,8 +25,9 @@ from cnnjax.analysis import ablations
 from cnnjax.analysis import probes
 from cnnjax.data import regions
 from cnnjax.data.voc import VocImage
+from cnnjax.detection import bbox_reg
 from cnnjax.detection import mining
-from cnnjax.detection.nms import nms as greedy_nms
+from cnnjax.detection.nms import batched_nms
 from cnnjax.features import store as store_lib
 from cnnjax.metrics import Detections
 
@@ -73,11 +78,29 @@ class AblatedRows:
     return slice(int(self.starts[image]), int(self.stops[image]))
 
   def features(self, rows) -> np.ndarray:
-    """[n, D] ablated features of `rows` (sp-shuffle seeded by the row id)."""
-    raw = self.view.read(rows)
-    row_ids = np.arange(self.view.num_rows)[rows]
+    """[n, D] ablated features of `rows` (sp-shuffle seeded by the row id).
+
+    Args:
+      rows: a slice or row indices.
+
+    The rows are padded to `mining.padded_rows` before the jitted ablation:
+    images with any number of proposals share a few compiled shapes.
+    """
+    raw = self.view.read(rows)                                 # [n, ...]
+    row_ids = (np.arange(*rows.indices(self.view.num_rows))
+               if isinstance(rows, slice) else np.asarray(rows, np.int64))
+    num = len(raw)
+    padding = mining.padded_rows(num) - num
+    raw = np.pad(raw, [(0, padding)] + [(0, 0)] * (raw.ndim - 1))
+    row_ids = np.pad(row_ids.reshape(-1), (0, padding))
     return np.asarray(ablations.apply_ablation(
-        self.ablation, raw, rng=self.rng, example_ids=row_ids), np.float32)
+        self.ablation, raw, rng=self.rng, example_ids=row_ids),
+                      np.float32)[:num]
+
+  def proposal_rows(self, image: int) -> np.ndarray:
+    """[R] store rows of the image's proposals (its GT rows left out)."""
+    span = self.image_rows(image)
+    return span.start + np.flatnonzero(~self.is_gt[span])
 
 
 def feature_scale(reader: AblatedRows, config: SvmConfig) -> float:
@@ -134,48 +157,176 @@ def train_detectors(reader: AblatedRows, images: Sequence[VocImage],
       make_train_fn(config), mining_config, num_images=len(images), log=log)
 
 
-def detect(reader: AblatedRows, scale: float, weights: np.ndarray,
-           biases: np.ndarray, *, top_k: int = 100,
-           nms_threshold: float = 0.3,
-           log: Callable[[str], None] = print) -> list[Detections]:
-  """Scores every test proposal (GT rows excluded), top-k and NMS per class.
+# Image x class sets per batched NMS call: one compile, bounded memory.
+_NMS_SETS_PER_CALL = 4096
+
+
+def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
+                     biases: np.ndarray, *, top_k: int = 100,
+                     log: Callable[[str], None] = print
+                     ) -> dict[str, np.ndarray]:
+  """The top_k proposals of every test image and class by SVM score.
+
+  GT rows are never scored. Ties keep the store's row order (a stable sort),
+  as R-CNN's test does.
 
   Returns:
-    One Detections per class, image indices into the test image list.
+    rows: int64 [I, K, top_k] store rows of the candidates, best first (-1
+      past the image's proposals).
+    scores: float32 [I, K, top_k] their scores (-inf past the end).
   """
   num_classes = weights.shape[1]
-  per_class = [[] for _ in range(num_classes)]
+  shape = (reader.num_images, num_classes, top_k)
+  rows = np.full(shape, -1, np.int64)
+  scores = np.full(shape, -np.inf, np.float32)
   start = time.time()
   for image in range(reader.num_images):
-    rows = reader.image_rows(image)
-    keep_rows = ~reader.is_gt[rows]
-    boxes = reader.boxes[rows][keep_rows]
-    if not len(boxes):
-      continue
-    scores = reader.features(rows)[keep_rows] * scale @ weights + biases
-    for k in range(num_classes):
-      top = np.argsort(-scores[:, k], kind='stable')[:top_k]
-      kept = top[greedy_nms(boxes[top], scores[top, k], nms_threshold)]
-      per_class[k].append((np.full(len(kept), image), scores[kept, k],
-                           boxes[kept]))
+    span = reader.image_rows(image)
+    proposals = reader.proposal_rows(image)                        # [R]
+    if len(proposals):
+      features = reader.features(span)[proposals - span.start] * scale
+      image_scores = features @ weights + biases                   # [R, K]
+      top = np.argsort(-image_scores, axis=0, kind='stable')[:top_k]
+      rows[image, :, :len(top)] = proposals[top].T
+      scores[image, :, :len(top)] = np.take_along_axis(image_scores, top,
+                                                       axis=0).T
     if (image + 1) % max(1, reader.num_images // 10) == 0:
       elapsed = time.time() - start
-      log(f'detect: image {image + 1}/{reader.num_images}, ETA '
+      log(f'test scoring: image {image + 1}/{reader.num_images}, ETA '
           f'{elapsed / (image + 1) * (reader.num_images - image - 1):.0f}s')
-  return [Detections(*(np.concatenate(parts) for parts in zip(*found)))
-          if found else Detections(np.zeros(0, int), np.zeros(0),
-                                   np.zeros((0, 4), np.int32))
-          for found in per_class]
+  return {'rows': rows, 'scores': scores}
 
 
-def load_or(path: str, compute: Callable[[], dict]) -> dict:
-  """The arrays cached at `path` (.npz), or computed, cached and returned."""
-  if os.path.exists(path):
-    with np.load(path) as cached:
-      return dict(cached)
-  arrays = compute()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-  return arrays
+def candidate_boxes(reader: AblatedRows, rows: np.ndarray) -> np.ndarray:
+  """[..., 4] boxes of the store rows `rows` [...] (zeros where rows < 0)."""
+  boxes = reader.boxes[np.maximum(rows, 0)]
+  return np.where(rows[..., None] >= 0, boxes, 0).astype(reader.boxes.dtype)
+
+
+def suppress(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray,
+             nms_threshold: float = 0.3) -> list[Detections]:
+  """Greedy NMS per image and class; the surviving detections of each class.
+
+  Args:
+    boxes: [I, K, T, 4] candidate boxes of every image and class.
+    scores: [I, K, T].
+    valid: [I, K, T] bool, real candidates.
+    nms_threshold: a box with IoU > this to a kept box is suppressed.
+
+  Returns:
+    One Detections per class: image indices into the I images, in image
+    order, each image's detections by decreasing score.
+  """
+  num_images, num_classes, top_k = scores.shape
+  num_sets = num_images * num_classes
+  chunk = min(_NMS_SETS_PER_CALL, mining.padded_rows(num_sets))
+  padded = -(-num_sets // chunk) * chunk
+  flat_boxes = np.zeros((padded, top_k, 4), np.float32)
+  flat_scores = np.zeros((padded, top_k), np.float32)
+  flat_valid = np.zeros((padded, top_k), bool)
+  flat_boxes[:num_sets] = boxes.reshape(num_sets, top_k, 4)
+  flat_scores[:num_sets] = np.where(valid, scores, 0).reshape(num_sets, top_k)
+  flat_valid[:num_sets] = valid.reshape(num_sets, top_k)
+  indices, kept = [], []
+  for start in range(0, padded, chunk):
+    part = slice(start, start + chunk)
+    found, keep = batched_nms(flat_boxes[part], flat_scores[part],
+                              flat_valid[part], nms_threshold, top_k)
+    indices.append(np.asarray(found))
+    kept.append(np.asarray(keep))
+  shape = (num_images, num_classes, top_k)
+  indices = np.concatenate(indices)[:num_sets].reshape(shape)
+  kept = np.concatenate(kept)[:num_sets].reshape(shape)
+  detections = []
+  for k in range(num_classes):
+    image, slot = np.nonzero(kept[:, k])       # image order, then rank
+    position = indices[image, k, slot]
+    detections.append(Detections(image.astype(np.int64),
+                                 scores[image, k, position],
+                                 boxes[image, k, position]))
+  return detections
+
+
+def train_box_regressors(reader: AblatedRows, images: Sequence[VocImage],
+                         scale: float, num_classes: int, *,
+                         min_overlap: float = bbox_reg.MIN_OVERLAP,
+                         ridge_lambda: float = bbox_reg.RIDGE_LAMBDA,
+                         log: Callable[[str], None] = print
+                         ) -> tuple[np.ndarray, np.ndarray]:
+  """One ridge box regressor per class on trainval proposals (SPEC 4).
+
+  Args:
+    reader: the trainval store's pool5 (features of the regression).
+    images: the trainval images (their GT boxes), in store order.
+    scale: the pool5 features' mean-norm-20 factor.
+    num_classes: K.
+    min_overlap: proposals with IoU above this to their best GT are used.
+    ridge_lambda: the ridge penalty (bias included).
+    log: progress sink.
+
+  Returns:
+    W [K, D, 4] and b [K, 4] (float64): offsets = features * scale @ W + b.
+  """
+  rows, classes, targets = [], [], []
+  for index, image in enumerate(images):
+    proposals = reader.proposal_rows(index)
+    selected, labels, offsets = bbox_reg.regression_pairs(
+        reader.boxes[proposals], image.boxes, image.labels, min_overlap)
+    rows.append(proposals[selected])
+    classes.append(labels)
+    targets.append(offsets)
+  rows, classes = np.concatenate(rows), np.concatenate(classes)
+  targets = np.concatenate(targets)
+  weights, biases = [], []
+  start = time.time()
+  for k in range(num_classes):
+    mine = classes == k
+    # One class's pairs at a time: memory stays at the largest class.
+    features = reader.features(rows[mine]) * scale             # [S_k, D]
+    class_weights, class_bias = bbox_reg.fit_ridge(features, targets[mine],
+                                                   ridge_lambda)
+    weights.append(class_weights)
+    biases.append(class_bias)
+    elapsed = time.time() - start
+    log(f'box regression: class {k + 1}/{num_classes}, {int(mine.sum())} '
+        f'pairs, ETA {elapsed / (k + 1) * (num_classes - k - 1):.0f}s')
+  return np.stack(weights), np.stack(biases)
+
+
+def regress_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
+                       biases: np.ndarray, rows: np.ndarray,
+                       images: Sequence[VocImage],
+                       log: Callable[[str], None] = print) -> np.ndarray:
+  """Candidate boxes moved by their class's regressor, clipped to the image.
+
+  Args:
+    reader: the test store's pool5.
+    scale: the pool5 features' factor (trainval's).
+    weights: [K, D, 4] and biases [K, 4] of `train_box_regressors`.
+    rows: int64 [I, K, T] candidate rows (`score_candidates`).
+    images: the test images (their sizes), in store order.
+    log: progress sink.
+
+  Returns:
+    float64 [I, K, T, 4] boxes (the unmoved box where rows < 0).
+  """
+  boxes = candidate_boxes(reader, rows).astype(np.float64)       # [I, K, T, 4]
+  start = time.time()
+  for image in range(rows.shape[0]):
+    valid = rows[image] >= 0                                       # [K, T]
+    if valid.any():
+      span = reader.image_rows(image)
+      features = reader.features(span) * scale                     # [R, D]
+      candidates = features[np.where(valid, rows[image] - span.start, 0)]
+      offsets = np.einsum('ktd,kdo->kto', candidates, weights) + biases[:, None]
+      moved = bbox_reg.clip_boxes(
+          bbox_reg.apply_offsets(boxes[image].reshape(-1, 4),
+                                 offsets.reshape(-1, 4)),
+          images[image].width, images[image].height)
+      boxes[image] = np.where(valid[..., None],
+                              moved.reshape(boxes[image].shape), boxes[image])
+    if (image + 1) % max(1, rows.shape[0] // 10) == 0:
+      elapsed = time.time() - start
+      log(f'box regression: image {image + 1}/{rows.shape[0]}, ETA '
+          f'{elapsed / (image + 1) * (rows.shape[0] - image - 1):.0f}s')
+  return boxes
