@@ -164,8 +164,7 @@ def test_regressors_move_candidates_onto_their_gt(tmp_path):
   reader = rcnn.AblatedRows(store, 'pool5', 'unroll')
   scale = 0.5
   weights, biases = rcnn.train_box_regressors(
-      reader, images, scale, 3, min_overlap=0.6, ridge_lambda=1e-6,
-      log=lambda _: None)
+      reader, images, scale, 3, min_overlap=0.6, ridge_lambda=1e-6)
   assert weights.shape == (3, 6, 4) and biases.shape == (3, 4)
   # Candidates: every proposal under the class of its best GT, if near it.
   top_k = 16
@@ -183,7 +182,7 @@ def test_regressors_move_candidates_onto_their_gt(tmp_path):
       expected[i, k, :len(mine)] = image.boxes[best]
   assert (rows >= 0).sum() > 40
   moved = rcnn.regress_candidates(reader, scale, weights, biases, rows,
-                                  images, log=lambda _: None)
+                                  images)
   valid = rows >= 0
   np.testing.assert_allclose(moved[valid], expected[valid], atol=1e-3)
   np.testing.assert_array_equal(moved[~valid], 0)

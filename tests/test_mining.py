@@ -81,8 +81,7 @@ def test_cache_after_each_image_matches_rcnn_transcription():
                     for c in range(3)])
 
   w, b = mining.train_with_mining(positives, pos_labels, images, 3,
-                                  _ridge_train_fn, config, on_image=record,
-                                  log=lambda _: None)
+                                  _ridge_train_fn, config, on_image=record)
   assert history == ref_history
   np.testing.assert_allclose(w, ref_w, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(b, ref_b, rtol=1e-4, atol=1e-5)
@@ -100,7 +99,7 @@ def test_first_image_adds_all_negatives_and_trains():
 
   mining.train_with_mining(positives, pos_labels, images, 3, _ridge_train_fn,
                            mining.MiningConfig(evict_threshold=-1e9),
-                           on_image=record, log=lambda _: None)
+                           on_image=record)
   first = images[0]
   for c in range(3):
     assert seen['rows'][c] == set(first.row_ids[first.negative[:, c]].tolist())
@@ -114,8 +113,7 @@ def test_retrain_only_after_limit_and_last_image():
       positives, pos_labels, images, 3, _ridge_train_fn,
       mining.MiningConfig(hard_threshold=-1e9, evict_threshold=-1e9,
                           retrain_limit=10 ** 6),
-      on_image=lambda i, cache, r: retrain_log.append(r.copy()),
-      log=lambda _: None)
+      on_image=lambda i, cache, r: retrain_log.append(r.copy()))
   # Never over the limit: train on the first image and after the last only.
   assert [bool(r.any()) for r in retrain_log] == [True, False, False, False,
                                                   True]

@@ -71,10 +71,8 @@ def test_train_and_detect_on_a_separable_toy_problem(tmp_path):
   sample = reader.features(slice(0, store.num_rows)) * scale
   np.testing.assert_allclose(np.linalg.norm(sample, axis=1).mean(), 20.0,
                              rtol=1e-4)
-  w, b = rcnn.train_detectors(reader, images, scale, k, config,
-                              log=lambda _: None)
-  candidates = rcnn.score_candidates(reader, scale, w, b, top_k=100,
-                                     log=lambda _: None)
+  w, b = rcnn.train_detectors(reader, images, scale, k, config)
+  candidates = rcnn.score_candidates(reader, scale, w, b, top_k=100)
   dets = rcnn.suppress(rcnn.candidate_boxes(reader, candidates['rows']),
                        candidates['scores'], candidates['rows'] >= 0, 0.3)
   assert len(dets) == k
@@ -137,7 +135,7 @@ def test_candidates_and_nms_equal_a_loop_per_image_and_class(tmp_path):
   biases = np.array([0.5, -1.0, 0.0, 2.0], np.float32)
   scale, top_k = 0.5, 6
   candidates = rcnn.score_candidates(reader, scale, weights, biases,
-                                     top_k=top_k, log=lambda _: None)
+                                     top_k=top_k)
   found = rcnn.suppress(rcnn.candidate_boxes(reader, candidates['rows']),
                         candidates['scores'], candidates['rows'] >= 0, 0.3)
   image_index = store.rows('image_index')

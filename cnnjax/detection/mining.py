@@ -20,10 +20,16 @@ import dataclasses
 import time
 from typing import Callable, Iterable, Optional
 
+from absl import logging
 import numpy as np
+
+from cnnjax import progress as progress_lib
 
 NEGATIVE_OVERLAP = 0.3
 _MIN_PADDED_ROWS = 256
+# Training pools start larger: a solver compile costs seconds, an epoch over
+# a few thousand padding rows microseconds (they are never visited).
+_MIN_POOL_ROWS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +60,15 @@ TrainFn = Callable[[np.ndarray, np.ndarray, np.ndarray],
                    tuple[np.ndarray, np.ndarray]]
 
 
-def padded_rows(num: int) -> int:
-  """`num` rounded up to a power of two (at least 256).
+def padded_rows(num: int, minimum: int = _MIN_PADDED_ROWS) -> int:
+  """`num` rounded up to a power of two (at least `minimum`).
 
   Arrays of a varying number of rows (a training pool, an image's
   proposals) are padded to this size before jitted code sees them, so it
   compiles once per doubling rather than once per size. Training pools are
   padded with rows that belong to no problem.
   """
-  return max(_MIN_PADDED_ROWS, 1 << (max(num, 1) - 1).bit_length())
+  return max(minimum, 1 << (max(num, 1) - 1).bit_length())
 
 
 class NegativeCache:
@@ -170,8 +176,7 @@ def train_with_mining(
     images: Iterable[ImageRows], num_classes: int, train_fn: TrainFn,
     config: MiningConfig = MiningConfig(),
     on_image: Optional[Callable[[int, NegativeCache, np.ndarray], None]] = None,
-    num_images: Optional[int] = None, log: Callable[[str], None] = print,
-) -> tuple[np.ndarray, np.ndarray]:
+    num_images: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
   """Trains K one-vs-rest detectors with one pass of hard-negative mining.
 
   Args:
@@ -188,7 +193,6 @@ def train_with_mining(
     on_image: called after each image with (image index, cache, retrained
       classes [K] bool); for progress and for tests of the procedure.
     num_images: for the progress line's ETA.
-    log: progress sink.
 
   Returns:
     W [D, K] and b [K].
@@ -200,18 +204,19 @@ def train_with_mining(
   added_since_train = np.zeros(num_classes, np.int64)
   images = list(images) if num_images is None else images
   total = len(images) if num_images is None else num_images
-  start = time.time()
-  solve_seconds = 0.0
+  progress = progress_lib.Progress('hard-negative mining', total, 'images')
+  solve_seconds, num_retrains = 0.0, 0
 
   def retrain(classes: np.ndarray) -> None:
-    nonlocal solve_seconds
+    nonlocal solve_seconds, num_retrains
+    num_retrains += int(classes.sum())
     for k in np.flatnonzero(classes):
       # Class k alone: its positives and its cached negatives (padded).
       class_positives = positives[positive_labels == k]
       negatives = cache.features[cache.member[:, k]]
       num_k = len(class_positives)
       num = num_k + len(negatives)
-      rows = padded_rows(num)
+      rows = padded_rows(num, _MIN_POOL_ROWS)
       pool = np.zeros((rows, dim), positives.dtype)                # [N, D]
       pool[:num_k] = class_positives
       pool[num_k:num] = negatives
@@ -243,10 +248,8 @@ def train_with_mining(
       retrain(retrain_classes)
     if on_image is not None:
       on_image(index, cache, retrain_classes)
-    if (index + 1) % max(1, total // 20) == 0 or last:
-      elapsed = time.time() - start
-      eta = elapsed / (index + 1) * (total - index - 1)
-      log(f'mining: image {index + 1}/{total}, cache {cache.size} rows, '
-          f'{elapsed:.0f}s elapsed ({solve_seconds:.0f}s in the solver), '
-          f'ETA {eta:.0f}s')
+    progress.update()
+  logging.info('mining: %d retrains of a class, %.0fs in the solver; %d '
+               'cached negatives at the end', num_retrains, solve_seconds,
+               cache.size)
   return weights, biases

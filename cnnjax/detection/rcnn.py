@@ -15,12 +15,12 @@ NMS of all images in a few jitted batches (`suppress`).
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
 
+from cnnjax import progress as progress_lib
 from cnnjax.analysis import ablations
 from cnnjax.analysis import probes
 from cnnjax.data import regions
@@ -127,8 +127,7 @@ def make_train_fn(config: SvmConfig) -> mining.TrainFn:
 
 def train_detectors(reader: AblatedRows, images: Sequence[VocImage],
                     scale: float, num_classes: int, config: SvmConfig,
-                    mining_config: mining.MiningConfig = mining.MiningConfig(),
-                    log: Callable[[str], None] = print
+                    mining_config: mining.MiningConfig = mining.MiningConfig()
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Per-class SVMs with one pass of hard-negative mining over trainval.
 
@@ -154,7 +153,7 @@ def train_detectors(reader: AblatedRows, images: Sequence[VocImage],
 
   return mining.train_with_mining(
       positives, positive_labels, image_rows(), num_classes,
-      make_train_fn(config), mining_config, num_images=len(images), log=log)
+      make_train_fn(config), mining_config, num_images=len(images))
 
 
 # Image x class sets per batched NMS call: one compile, bounded memory.
@@ -162,8 +161,7 @@ _NMS_SETS_PER_CALL = 4096
 
 
 def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
-                     biases: np.ndarray, *, top_k: int = 100,
-                     log: Callable[[str], None] = print
+                     biases: np.ndarray, *, top_k: int = 100
                      ) -> dict[str, np.ndarray]:
   """The top_k proposals of every test image and class by SVM score.
 
@@ -179,7 +177,8 @@ def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
   shape = (reader.num_images, num_classes, top_k)
   rows = np.full(shape, -1, np.int64)
   scores = np.full(shape, -np.inf, np.float32)
-  start = time.time()
+  progress = progress_lib.Progress('test scoring', reader.num_images,
+                                   'images')
   for image in range(reader.num_images):
     span = reader.image_rows(image)
     proposals = reader.proposal_rows(image)                        # [R]
@@ -190,10 +189,7 @@ def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
       rows[image, :, :len(top)] = proposals[top].T
       scores[image, :, :len(top)] = np.take_along_axis(image_scores, top,
                                                        axis=0).T
-    if (image + 1) % max(1, reader.num_images // 10) == 0:
-      elapsed = time.time() - start
-      log(f'test scoring: image {image + 1}/{reader.num_images}, ETA '
-          f'{elapsed / (image + 1) * (reader.num_images - image - 1):.0f}s')
+    progress.update()
   return {'rows': rows, 'scores': scores}
 
 
@@ -250,8 +246,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, valid: np.ndarray,
 def train_box_regressors(reader: AblatedRows, images: Sequence[VocImage],
                          scale: float, num_classes: int, *,
                          min_overlap: float = bbox_reg.MIN_OVERLAP,
-                         ridge_lambda: float = bbox_reg.RIDGE_LAMBDA,
-                         log: Callable[[str], None] = print
+                         ridge_lambda: float = bbox_reg.RIDGE_LAMBDA
                          ) -> tuple[np.ndarray, np.ndarray]:
   """One ridge box regressor per class on trainval proposals (SPEC 4).
 
@@ -262,7 +257,6 @@ def train_box_regressors(reader: AblatedRows, images: Sequence[VocImage],
     num_classes: K.
     min_overlap: proposals with IoU above this to their best GT are used.
     ridge_lambda: the ridge penalty (bias included).
-    log: progress sink.
 
   Returns:
     W [K, D, 4] and b [K, 4] (float64): offsets = features * scale @ W + b.
@@ -278,7 +272,8 @@ def train_box_regressors(reader: AblatedRows, images: Sequence[VocImage],
   rows, classes = np.concatenate(rows), np.concatenate(classes)
   targets = np.concatenate(targets)
   weights, biases = [], []
-  start = time.time()
+  progress = progress_lib.Progress('box regression fits', num_classes,
+                                   'classes')
   for k in range(num_classes):
     mine = classes == k
     # One class's pairs at a time: memory stays at the largest class.
@@ -287,16 +282,13 @@ def train_box_regressors(reader: AblatedRows, images: Sequence[VocImage],
                                                    ridge_lambda)
     weights.append(class_weights)
     biases.append(class_bias)
-    elapsed = time.time() - start
-    log(f'box regression: class {k + 1}/{num_classes}, {int(mine.sum())} '
-        f'pairs, ETA {elapsed / (k + 1) * (num_classes - k - 1):.0f}s')
+    progress.update()
   return np.stack(weights), np.stack(biases)
 
 
 def regress_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
                        biases: np.ndarray, rows: np.ndarray,
-                       images: Sequence[VocImage],
-                       log: Callable[[str], None] = print) -> np.ndarray:
+                       images: Sequence[VocImage]) -> np.ndarray:
   """Candidate boxes moved by their class's regressor, clipped to the image.
 
   Args:
@@ -305,13 +297,12 @@ def regress_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
     weights: [K, D, 4] and biases [K, 4] of `train_box_regressors`.
     rows: int64 [I, K, T] candidate rows (`score_candidates`).
     images: the test images (their sizes), in store order.
-    log: progress sink.
 
   Returns:
     float64 [I, K, T, 4] boxes (the unmoved box where rows < 0).
   """
   boxes = candidate_boxes(reader, rows).astype(np.float64)       # [I, K, T, 4]
-  start = time.time()
+  progress = progress_lib.Progress('box regression', rows.shape[0], 'images')
   for image in range(rows.shape[0]):
     valid = rows[image] >= 0                                       # [K, T]
     if valid.any():
@@ -325,8 +316,5 @@ def regress_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
           images[image].width, images[image].height)
       boxes[image] = np.where(valid[..., None],
                               moved.reshape(boxes[image].shape), boxes[image])
-    if (image + 1) % max(1, rows.shape[0] // 10) == 0:
-      elapsed = time.time() - start
-      log(f'box regression: image {image + 1}/{rows.shape[0]}, ETA '
-          f'{elapsed / (image + 1) * (rows.shape[0] - image - 1):.0f}s')
+    progress.update()
   return boxes

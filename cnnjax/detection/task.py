@@ -173,7 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     scale = rcnn.feature_scale(train_reader, svm_config)
     weights, biases = rcnn.train_detectors(
         train_reader, trainval, scale, len(VOC_CLASSES), svm_config,
-        mining.MiningConfig(**config.mining.to_dict()), log=logging.info)
+        mining.MiningConfig(**config.mining.to_dict()))
     return {'weights': weights, 'biases': biases, 'scale': np.float32(scale)}
 
   with stage('svm_training'):
@@ -187,7 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(out_dir, 'candidates.npz'),
         lambda: rcnn.score_candidates(
             test_reader, float(svm['scale']), svm['weights'], svm['biases'],
-            top_k=config.test.top_k, log=logging.info),
+            top_k=config.test.top_k),
         **candidate_settings)
   valid = candidates['rows'] >= 0
   with stage('nms'):
@@ -224,7 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     weights, biases = rcnn.train_box_regressors(
         train_pool5, trainval, scale, len(VOC_CLASSES),
         min_overlap=config.bbox_reg.min_overlap,
-        ridge_lambda=config.bbox_reg.ridge_lambda, log=logging.info)
+        ridge_lambda=config.bbox_reg.ridge_lambda)
     return {'weights': weights, 'biases': biases, 'scale': np.float64(scale)}
 
   with stage('bbox_reg_training'):
@@ -235,7 +235,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def regressed_detections() -> dict:
     boxes = rcnn.regress_candidates(
         test_pool5, float(regressor['scale']), regressor['weights'],
-        regressor['biases'], candidates['rows'], test, log=logging.info)
+        regressor['biases'], candidates['rows'], test)
     return _detections_arrays(rcnn.suppress(
         boxes, candidates['scores'], valid, config.test.nms_threshold))
 
