@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import math
 from fractions import Fraction
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -266,25 +266,37 @@ def with_auto_axes(fn, *args):
         fn, out_sharding=jax.sharding.PartitionSpec())(*args)
 
 
-def _statistics(acts, labels, thresholds, valid, num_classes: int,
-                method: str, equally_spaced: bool):
+def _sample_bins(acts, labels, thresholds, valid, num_classes: int,
+                 method: str, equally_spaced: bool):
+  """Each sample's histogram bin (filter, thresholds passed, class), [N, S, F].
+
+  Padding rows get the bin one past the end, which the scatter drops.
+  """
   scores = sample_scores(acts, method)                       # [N, S, F]
   num_filters, num_thresholds = thresholds.shape
-  thresholds = jnp.asarray(thresholds, jnp.float32)
+  passed = _count_passed(scores, jnp.asarray(thresholds, jnp.float32),
+                         equally_spaced)                     # [N, S, F]
   labels = jnp.asarray(labels, jnp.int32)
+  index = ((jnp.arange(num_filters, dtype=jnp.int32) * (num_thresholds + 1)
+            + passed) * num_classes + labels[:, None, None])  # [N, S, F]
+  if valid is None:
+    return index
+  past_end = num_filters * (num_thresholds + 1) * num_classes
+  return jnp.where(jnp.asarray(valid, bool)[:, None, None], index, past_end)
+
+
+def _histogram(index, acts, num_filters: int, num_thresholds: int,
+               num_classes: int, method: str):
+  """Scatter-adds the samples into their bins; counts at or above, [F, T, C]."""
+  size = num_filters * (num_thresholds + 1) * num_classes
   if method == 'weighted':
-    weights = scores
+    updates = sample_scores(acts, method).reshape(-1)
+    hist = jnp.zeros(size, jnp.float32)
   else:
-    weights = jnp.ones(scores.shape, jnp.int32)
-  if valid is not None:
-    weights = jnp.where(jnp.asarray(valid, bool)[:, None, None], weights, 0)
-  passed = _count_passed(scores, thresholds, equally_spaced)  # [N, S, F]
-  bins = num_thresholds + 1
-  index = ((jnp.arange(num_filters, dtype=jnp.int32) * bins + passed)
-           * num_classes + labels[:, None, None])            # [N, S, F]
-  hist = jnp.zeros(num_filters * bins * num_classes, weights.dtype)
-  hist = hist.at[index.reshape(-1)].add(weights.reshape(-1))
-  hist = hist.reshape(num_filters, bins, num_classes)        # [F, T+1, C]
+    updates = jnp.int32(1)
+    hist = jnp.zeros(size, jnp.int32)
+  hist = hist.at[index.reshape(-1)].add(updates, mode='drop')
+  hist = hist.reshape(num_filters, num_thresholds + 1, num_classes)
   # A sample that passed b thresholds counts at thresholds 0..b-1.
   at_or_above = jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1]   # [F, T+1, C]
   return at_or_above[:, 1:]                                  # [F, T, C]
@@ -292,6 +304,23 @@ def _statistics(acts, labels, thresholds, valid, num_classes: int,
 
 @functools.partial(jax.jit,
                    static_argnames=('num_classes', 'method', 'equally_spaced'))
+def _bins_kernel(acts, labels, thresholds, valid, num_classes: int,
+                 method: str, equally_spaced: bool):
+  kernel = functools.partial(_sample_bins, num_classes=num_classes,
+                             method=method, equally_spaced=equally_spaced)
+  return with_auto_axes(kernel, acts, labels, thresholds, valid)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'num_filters', 'num_thresholds', 'num_classes', 'method'))
+def _histogram_kernel(index, acts, num_filters: int, num_thresholds: int,
+                      num_classes: int, method: str):
+  kernel = functools.partial(_histogram, num_filters=num_filters,
+                             num_thresholds=num_thresholds,
+                             num_classes=num_classes, method=method)
+  return with_auto_axes(kernel, index, acts)
+
+
 def entropy_statistics(acts, labels, thresholds, num_classes: int,
                        method: str = 'label', valid=None,
                        equally_spaced: bool = False):
@@ -299,6 +328,10 @@ def entropy_statistics(acts, labels, thresholds, num_classes: int,
 
   Statistics of disjoint chunks of examples add up to those of their union.
   Inputs may be sharded over devices on the example axis.
+
+  Two jitted stages, each sample's bin then one scatter-add: fused into one
+  program, XLA:CPU computes the bins inside the serial scatter loop, about
+  twice as slow as materialising them with vectorised code first.
 
   Args:
     acts: [N, H, W, F] or [N, F] activations of a chunk of examples.
@@ -315,10 +348,19 @@ def entropy_statistics(acts, labels, thresholds, num_classes: int,
     [F, T, C]: entry (f, j, c) counts the samples of class c whose score on
     filter f is >= thresholds[f, j] (int32), or sums their scores
     ('weighted', float32).
+
+  Raises:
+    ValueError: F * (T + 1) * C bins overflow the int32 bin index.
   """
-  kernel = functools.partial(_statistics, num_classes=num_classes,
-                             method=method, equally_spaced=equally_spaced)
-  return with_auto_axes(kernel, acts, labels, thresholds, valid)
+  check_method(method)
+  num_filters, num_thresholds = thresholds.shape
+  if num_filters * (num_thresholds + 1) * num_classes >= 2**31 - 1:
+    raise ValueError(f'{num_filters} filters x {num_thresholds + 1} bins x '
+                     f'{num_classes} classes overflow the int32 bin index')
+  index = _bins_kernel(acts, labels, thresholds, valid, num_classes, method,
+                       equally_spaced)
+  return _histogram_kernel(index, acts if method == 'weighted' else None,
+                           num_filters, num_thresholds, num_classes, method)
 
 
 @jax.jit
@@ -348,45 +390,49 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
   return raw[offset:offset + size].view(dtype).reshape(shape)
 
 
-def _map_blocks(fn, acts, labels, valid, rows: int):
+def _map_blocks(fn, acts, labels, valid, rows: int,
+                staging: Optional[dict] = None):
   """Yields fn(acts, labels, valid) as numpy for blocks of `rows` rows.
 
-  A set that fits in one block is passed as given (a sharded jax array stays
+  A jax array that fits in one block is passed as given (a sharded one stays
   sharded). Otherwise the last block is zero-padded with valid False, so
   every block has the same shape and the jitted kernels compile once.
 
   Host blocks (numpy, memmaps, a store's LayerView) reach the kernels
-  through one reused 64-byte-aligned buffer that XLA reads in place
+  through a reused 64-byte-aligned buffer that XLA reads in place
   (`from_dlpack(copy=False)`): a plain transfer copies every block into
   freshly allocated memory, and first-touching those pages costs more than
   the reductions themselves (~6x the spatial max of a pool5 block). Each
-  block's result is fetched before the buffer is refilled.
+  block's result is fetched before the buffer is refilled. Passes over the
+  same set share `staging` (a dict the caller keeps) to reuse the buffer.
   """
   num_rows = acts.shape[0]
   labels = np.asarray(labels, np.int32)
-  if rows >= num_rows:
-    if not isinstance(acts, (np.ndarray, jax.Array)):
-      acts = acts[0:num_rows]                      # e.g. a store's LayerView
+  if rows >= num_rows and isinstance(acts, jax.Array):
     yield jax.tree.map(np.asarray, fn(acts, labels, valid))
     return
-  staging = None
+  staging = {} if staging is None else staging
   for start in range(0, num_rows, rows):
     stop = min(start + rows, num_rows)
     block = acts[start:stop]
-    block_valid = np.zeros(rows, bool)
-    block_valid[:stop - start] = (True if valid is None
-                                  else np.asarray(valid[start:stop], bool))
-    block_labels = np.zeros(rows, np.int32)
-    block_labels[:stop - start] = labels[start:stop]
+    block_labels, block_valid = labels, valid
+    if rows < num_rows:
+      block_valid = np.zeros(rows, bool)
+      block_valid[:stop - start] = (True if valid is None
+                                    else np.asarray(valid[start:stop], bool))
+      block_labels = np.zeros(rows, np.int32)
+      block_labels[:stop - start] = labels[start:stop]
     if isinstance(block, jax.Array):
       block = jnp.pad(block, [(0, rows - (stop - start))]
                       + [(0, 0)] * (block.ndim - 1))
     else:
-      if staging is None:
-        staging = _aligned_empty((rows,) + tuple(acts.shape[1:]), block.dtype)
-      staging[:stop - start] = block
-      staging[stop - start:] = 0
-      block = jax.dlpack.from_dlpack(staging, copy=False)
+      shape = (rows,) + tuple(acts.shape[1:])
+      key = (shape, np.dtype(block.dtype))
+      if key not in staging:
+        staging[key] = _aligned_empty(shape, block.dtype)
+      staging[key][:stop - start] = block
+      staging[key][stop - start:] = 0
+      block = jax.dlpack.from_dlpack(staging[key], copy=False)
     yield jax.tree.map(np.asarray, fn(block, block_labels, block_valid))
 
 
@@ -404,13 +450,20 @@ def spatial_max(acts, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
   """Each map's maximum, [N, H, W, F] -> [N, F] float32, streamed by rows.
 
   The 'spmax' sample set: later passes read these [N, F] maxima instead of
-  the maps. Accepts whatever `threshold_statistics` accepts; a jax array
-  is reduced where it lives (the result keeps its row sharding).
+  the maps. Accepts whatever `threshold_statistics` accepts. A jax array
+  is reduced where it lives (the result keeps its row sharding); host
+  float32 blocks by numpy in place, at memory speed (a pass through XLA
+  first copies them); other host dtypes (float16 stores, which numpy
+  reduces in emulation, ~15x slower) through the jitted kernel.
   """
   if isinstance(acts, jax.Array):
     return _block_spatial_max(acts)
   num_rows = acts.shape[0]
   rows = _rows_per_block(acts.shape, chunk_elements)
+  if acts[0:0].dtype == np.float32:        # a store's LayerView decodes to it
+    return np.concatenate([
+        np.asarray(acts[start:start + rows]).max(axis=(1, 2))
+        for start in range(0, num_rows, rows)])
   blocks = _map_blocks(lambda block, *_: _block_spatial_max(block), acts,
                        np.zeros(num_rows, np.int32), None, rows)
   return np.concatenate(list(blocks))[:num_rows]
@@ -467,6 +520,7 @@ def threshold_statistics(acts, labels, num_classes: int,
     acts = spatial_max(acts, chunk_elements)
     rows = _rows_per_block(acts.shape, chunk_elements)
 
+  staging = {}                             # one host buffer for both passes
   if given:
     grid = np.asarray(thresholds, np.float32)
     if grid.ndim != 2 or grid.shape[0] != num_filters:
@@ -485,7 +539,7 @@ def threshold_statistics(acts, labels, num_classes: int,
     hi = np.full(num_filters, -np.inf, np.float32)
     ranges = _map_blocks(
         lambda block, _, block_valid: score_range(block, method, block_valid),
-        acts, labels, valid, rows)
+        acts, labels, valid, rows, staging)
     for block_lo, block_hi in ranges:
       lo, hi = np.minimum(lo, block_lo), np.maximum(hi, block_hi)
     if not np.all(np.isfinite(lo) & np.isfinite(hi)):
@@ -502,7 +556,7 @@ def threshold_statistics(acts, labels, num_classes: int,
       lambda block, block_labels, block_valid: entropy_statistics(
           block, block_labels, grid_device, num_classes, method,
           block_valid, equally_spaced),
-      acts, labels, valid, rows):
+      acts, labels, valid, rows, staging):
     total += statistics
     line.update()
   return grid, total
