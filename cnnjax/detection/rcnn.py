@@ -32,6 +32,12 @@ from cnnjax.features import store as store_lib
 from cnnjax.metrics import Detections
 
 
+# The most rows one jitted ablation call sees.
+_ABLATION_CHUNK = 4096
+# Image x class sets per batched NMS call: one compile, bounded memory.
+_NMS_SETS_PER_CALL = 4096
+
+
 @dataclasses.dataclass(frozen=True)
 class SvmConfig:
   """SPEC 4's solver settings (liblinear via R-CNN)."""
@@ -80,22 +86,28 @@ class AblatedRows:
   def features(self, rows) -> np.ndarray:
     """[n, D] ablated features of `rows` (sp-shuffle seeded by the row id).
 
+    The rows go through the jitted ablation in chunks of at most
+    `_ABLATION_CHUNK` rows, each padded to `mining.padded_rows`: images with
+    any number of proposals share a few compiled shapes, and a long read
+    pads little.
+
     Args:
       rows: a slice or row indices.
-
-    The rows are padded to `mining.padded_rows` before the jitted ablation:
-    images with any number of proposals share a few compiled shapes.
     """
     raw = self.view.read(rows)                                 # [n, ...]
     row_ids = (np.arange(*rows.indices(self.view.num_rows))
-               if isinstance(rows, slice) else np.asarray(rows, np.int64))
-    num = len(raw)
-    padding = mining.padded_rows(num) - num
-    raw = np.pad(raw, [(0, padding)] + [(0, 0)] * (raw.ndim - 1))
-    row_ids = np.pad(row_ids.reshape(-1), (0, padding))
-    return np.asarray(ablations.apply_ablation(
-        self.ablation, raw, rng=self.rng, example_ids=row_ids),
-                      np.float32)[:num]
+               if isinstance(rows, slice) else
+               np.asarray(rows, np.int64).reshape(-1))
+    chunks = []
+    for start in range(0, max(len(raw), 1), _ABLATION_CHUNK):
+      part = raw[start:start + _ABLATION_CHUNK]                # [c, ...]
+      ids = row_ids[start:start + _ABLATION_CHUNK]             # [c]
+      padding = mining.padded_rows(len(ids)) - len(ids)
+      part = np.pad(part, [(0, padding)] + [(0, 0)] * (part.ndim - 1))
+      ablated = ablations.apply_ablation(self.ablation, part, rng=self.rng,
+                                         example_ids=np.pad(ids, (0, padding)))
+      chunks.append(np.asarray(ablated, np.float32)[:len(ids)])
+    return np.concatenate(chunks)
 
   def proposal_rows(self, image: int) -> np.ndarray:
     """[R] store rows of the image's proposals (its GT rows left out)."""
@@ -154,10 +166,6 @@ def train_detectors(reader: AblatedRows, images: Sequence[VocImage],
   return mining.train_with_mining(
       positives, positive_labels, image_rows(), num_classes,
       make_train_fn(config), mining_config, num_images=len(images))
-
-
-# Image x class sets per batched NMS call: one compile, bounded memory.
-_NMS_SETS_PER_CALL = 4096
 
 
 def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
