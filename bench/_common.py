@@ -43,7 +43,9 @@ def interleaved_runs(fns: dict[str, Callable[[], Any]], runs: int = 5,
     warmup: untimed rounds first (compilation, allocation).
 
   Returns:
-    name -> {median_s, min_s, max_s, runs}.
+    name -> {median_s, min_s, max_s, runs, cpu_median_s}: cpu_median_s is
+    the process CPU time of a call (all threads), which a busy machine
+    inflates less than the wall time.
 
   Raises:
     ValueError: runs < 1.
@@ -55,13 +57,17 @@ def interleaved_runs(fns: dict[str, Callable[[], Any]], runs: int = 5,
     for name in names:
       fns[name]()
   times = {name: [] for name in names}
+  cpu_times = {name: [] for name in names}
   for round_index in range(runs):
     for name in names if round_index % 2 == 0 else names[::-1]:
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       fns[name]()
       times[name].append(time.perf_counter() - start)
+      cpu_times[name].append(time.process_time() - cpu_start)
   return {name: {'median_s': statistics.median(t), 'min_s': min(t),
-                 'max_s': max(t), 'runs': runs} for name, t in times.items()}
+                 'max_s': max(t), 'runs': runs,
+                 'cpu_median_s': statistics.median(cpu_times[name])}
+          for name, t in times.items()}
 
 
 def load_average() -> list[float]:

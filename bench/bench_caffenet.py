@@ -22,7 +22,8 @@ within each round (reversed every other round; median of `--runs` after
 `--warmup`), so the ratios hold on a shared, noisy machine; the load average
 is recorded before and after. JSON:
 `results` (images/s per framework, mode, batch), `jax_over_torch` (speed
-ratio, > 1 means JAX is faster) and `fcft_over_ft` (FC-FT step time / FT
+ratio, > 1 means JAX is faster; also the ratio of process CPU times, which
+a busy machine distorts less) and `fcft_over_ft` (FC-FT step time / FT
 step time; the study's cheaper finetuning, <= 0.6 expected).
 """
 
@@ -272,9 +273,12 @@ def main():
 
   seconds = {(r['framework'], r['mode'], r['batch']): r['median_s']
              for r in rows}
+  cpu_seconds = {(r['framework'], r['mode'], r['batch']): r['cpu_median_s']
+                 for r in rows}
   report['jax_over_torch'] = [
       {'mode': m, 'batch': b,
-       'speed_ratio': seconds['torch', m, b] / seconds['jax', m, b]}
+       'speed_ratio': seconds['torch', m, b] / seconds['jax', m, b],
+       'cpu_time_ratio': cpu_seconds['torch', m, b] / cpu_seconds['jax', m, b]}
       for b in batch_sizes for m in modes if ('torch', m, b) in seconds]
   report['fcft_over_ft'] = [
       {'framework': f, 'batch': b,

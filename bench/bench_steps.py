@@ -10,18 +10,25 @@ busy machine:
 
 - xla_default_options: jitted without `caffenet.compiler_options()`
   (XLA:CPU's default YNNPACK matmuls and convolutions);
+- reduce_window_pool: pooling's forward pass as one reduce_window instead
+  of row and column maxima of strided slices (the backward pass is kept);
 - autodiff_pool: XLA's autodiff of reduce_window max pooling instead of
-  the scatter to the first maximum;
+  the scatter to the first maximum (forward as reduce_window too);
+- bias_before_pool: the bias added to the full-resolution convolution
+  output, concatenated over groups, before pooling (as Caffe does);
 - autodiff_lrn: XLA's autodiff of the LRN formula instead of Caffe's
   closed-form gradient;
-- before: all three at once (the network as first written, except that
-  pooling already runs before the ReLU, which is exact and not undone here).
+- before: all of these at once (the network as first written, except that
+  pooling already runs before the ReLU, which is exact and not undone here);
+- bfloat16 (inference only): params and images in bfloat16, so every
+  convolution and matmul runs in bfloat16; the JSON adds its largest
+  logit error relative to the largest float32 logit.
 
-Inference is only timed against xla_default_options (the others change the
-backward pass alone). `init` times `caffenet.init_params` against
-`jax.jit(model.init)`, cold (compile included), at full and test width.
-JSON: per mode and variant the step time, images/s and `speedup` (variant
-time / shipped time: what the speed-up buys).
+Inference is timed for the variants that change the forward pass. `init`
+times `caffenet.init_params` against `jax.jit(model.init)`, cold (compile
+included), at full and test width. JSON: per mode and variant the step
+time, images/s and `speedup` (variant time / shipped time: what the
+speed-up buys).
 """
 
 from __future__ import annotations
@@ -44,8 +51,14 @@ import bench_caffenet  # noqa: E402  pylint: disable=g-import-not-at-top
 from cnnjax.models import caffenet  # noqa: E402
 
 
-def _autodiff_pool(x, window=3, stride=2):
-  return caffenet._reduce_window_max(x, window, stride)  # pylint: disable=protected-access
+def _reduce_window_max(x, window=3, stride=2):
+  """Ceil-mode max pooling as one reduce_window (the plain formulation)."""
+  # pylint: disable=protected-access
+  _, pad_h = caffenet._ceil_pool_geometry(x.shape[1], window, stride)
+  _, pad_w = caffenet._ceil_pool_geometry(x.shape[2], window, stride)
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+      ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
 
 def _autodiff_lrn(x, size=caffenet.LRN_SIZE, alpha=caffenet.LRN_ALPHA,
@@ -53,18 +66,32 @@ def _autodiff_lrn(x, size=caffenet.LRN_SIZE, alpha=caffenet.LRN_ALPHA,
   return caffenet._lrn_fwd(x, size, alpha, beta, k)[0]  # pylint: disable=protected-access
 
 
+class _BiasBeforePoolConv(caffenet.CaffeConv):
+  """CaffeConv pooling max(concat(groups) + bias), as first written."""
+
+  def __call__(self, x):
+    pre, pooled = super().__call__(x)
+    return pre, None if pooled is None else caffenet.max_pool_ceil(pre)
+
+
 # variant -> (module attributes replaced, use caffenet.compiler_options()).
-PATCHES = {'max_pool_ceil': _autodiff_pool,
+PATCHES = {'_max_pool_forward': _reduce_window_max,
+           'max_pool_ceil': _reduce_window_max,
+           'CaffeConv': _BiasBeforePoolConv,
            'local_response_norm': _autodiff_lrn}
 VARIANTS = {
     'shipped': ({}, True),
     'xla_default_options': ({}, False),
-    'autodiff_pool': ({'max_pool_ceil': _autodiff_pool}, True),
+    'reduce_window_pool': ({'_max_pool_forward': _reduce_window_max}, True),
+    'autodiff_pool': ({'max_pool_ceil': _reduce_window_max}, True),
+    'bias_before_pool': ({'CaffeConv': _BiasBeforePoolConv}, True),
     'autodiff_lrn': ({'local_response_norm': _autodiff_lrn}, True),
     'before': (PATCHES, False),
+    'bfloat16': ({}, True),
 }
-INFERENCE_VARIANTS = ('shipped', 'xla_default_options')
-
+INFERENCE_VARIANTS = ('shipped', 'xla_default_options', 'reduce_window_pool',
+                      'autodiff_pool', 'bias_before_pool', 'before',
+                      'bfloat16')
 
 @contextlib.contextmanager
 def patched(replacements: dict[str, Any]) -> Iterator[None]:
@@ -120,6 +147,19 @@ def time_init(repeats: int = 3) -> dict[str, Any]:
   return results
 
 
+def _bfloat16(tree):
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16), tree)
+
+
+def bfloat16_logit_error(params, images, num_classes: int) -> float:
+  """Largest |bfloat16 logit - float32 logit| / largest |float32 logit|."""
+  model = caffenet.CaffeNet(num_classes=num_classes)
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x)[0])
+  exact = np.asarray(apply(params, images), np.float32)
+  low = np.asarray(apply(_bfloat16(params), _bfloat16(images)), np.float32)
+  return float(np.max(np.abs(low - exact)) / np.max(np.abs(exact)))
+
+
 def main():
   args = parse_args()
   modes = [m for m in args.modes.split(',') if m]
@@ -142,10 +182,17 @@ def main():
   for mode in modes:
     runs = {}
     for variant in variants:
-      if mode == 'inference' and variant not in INFERENCE_VARIANTS:
+      if (variant not in INFERENCE_VARIANTS if mode == 'inference'
+          else variant == 'bfloat16'):
         continue
       replacements, tuned = VARIANTS[variant]
       _common.log(f'{mode}: compiling {variant}')
+      if variant == 'bfloat16':
+        runs[variant] = bench_caffenet.jax_step_fns(
+            _bfloat16(params), num_classes)[mode](_bfloat16(images), labels)
+        report['bfloat16_logit_error'] = bfloat16_logit_error(
+            params, images, num_classes)
+        continue
       with patched(replacements):
         fns = bench_caffenet.jax_step_fns(
             params, num_classes, None if tuned else {})
