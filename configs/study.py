@@ -53,10 +53,16 @@ its finetunings, everything at the demo input size:
 At demo scale the detection grid is reduced to the pretrained and FT nets
 (Table 2.3's pretrained/FT rows, Table 5.2, Table 2.2's first two columns):
 each net costs ~8 min of proposal feature extraction on 2 CPU cores. Add
-`det_grid=full` for every detection cell (FC-FT and 50-50 too, ~+25 min).
+`det_grid=full` for every detection cell (FC-FT and 50-50 too: ~+30 min).
 The report states that demo numbers are not comparable with the paper's.
-Measured on the shared 2-core CPU (demo data cached, pretraining included):
-see the README's table for the time of every step.
+Measured (one run on the shared 2-core CPU at load ~8, demo pretraining
+cached, 400-step demo finetunings): 51 min wall, ~25 CPU-minutes; per step
+pretrain 0 s (cached; ~10 min on first use), net_ft 11.5 min (selective
+search on the 600 images included), net_fcft 2.5 min, sun397_ft 4.6 min,
+sun397_fcft 2.4 min, gtbox_cls 1.2 min, analyses 2.5 min in all,
+pascal_cls_ablations 1.2 min, pascal_cls_snapshots 37 s, the first
+detection cell of a net 9.5 min (its features), every other 45-75 s. A
+rerun of a finished study: seconds.
 
 Select steps with `only=` / `skip=` (`a+b`): a step name, a group (`net`,
 `sun397`, `analyses`, `pascal_cls`, `detect`) or a product (`table2.3`,
@@ -101,9 +107,9 @@ ANALYSES = (('entropy', ('table2.1', 'fig2-1', 'fig2-2')),
 FINETUNED = ('ft', 'fcft', 'fiftyfifty')
 # Seconds per step, for the ETA: measured demo figures on the shared 2-core
 # CPU, and one-GPU estimates at full scale.
-DEMO_SECONDS = {'pretrain': 540, 'net': 240, 'sun397': 90, 'gtbox_cls': 120,
-                'analyses': 60, 'pascal_cls': 150, 'detect_first': 600,
-                'detect': 90}
+DEMO_SECONDS = {'pretrain': 600, 'net': 420, 'sun397': 210, 'gtbox_cls': 75,
+                'analyses': 30, 'pascal_cls': 55, 'detect_first': 570,
+                'detect': 65}
 FULL_SECONDS = {'pretrain': 260_000, 'net': 25_000, 'sun397': 12_000,
                 'gtbox_cls': 3_600, 'analyses': 3_600, 'pascal_cls': 3_600,
                 'detect_first': 10_800, 'detect': 3_600}

@@ -47,6 +47,15 @@ def workdir(tmp_path):
   gtbox['fc6']['fcft'], gtbox['fc7']['fcft'] = 31.5, 32.25
   tables.write_table(os.path.join(root, 'classify/gtbox/by_net/map'), gtbox,
                      ['pretrained', 'ft', 'fcft'], row_header='layer')
+  # Table 2.1 as the entropy analysis writes it, one percent decrease
+  # undefined (blank).
+  columns = [f'{m}@{f}' for m in ('label', 'weighted', 'spmax')
+             for f in (0.1, 0.25, 0.5, 1.0)]
+  entropy = {layer: {c: 0.5 * i for c in columns}
+             for i, layer in enumerate(caffenet.STUDY_LAYERS)}
+  entropy['fc7']['weighted@0.1'] = None
+  tables.write_table(os.path.join(root, 'analyses/entropy/table_2_1_ft'),
+                     entropy, columns, row_header='layer')
   _detection(root, 'ft', 'fc7', 'unroll', [float(k) for k in range(20)])
   _detection(root, 'ft', 'pool5', 'sp-max', [1.0] * 20)
   os.makedirs(os.path.join(root, 'sun397/ft'))
@@ -76,7 +85,7 @@ def test_every_table_and_figure_is_in_the_report(workdir):
   statuses = dict(line.strip('| ').split(' | ') for line in text.splitlines()
                   if line.startswith(('| Table ', '| Figure ')))
   assert statuses == {
-      'Table 2.1': 'missing', 'Table 2.2': 'partial', 'Table 2.3': 'partial',
+      'Table 2.1': 'complete', 'Table 2.2': 'partial', 'Table 2.3': 'partial',
       'Table 2.4': 'complete', 'Table 3.1': 'missing', 'Table 4.1': 'missing',
       'Table 4.2': 'partial', 'Table 5.1': 'missing', 'Table 5.2': 'partial',
       'Figure 2-1': 'missing', 'Figure 2-2': 'missing',
@@ -108,6 +117,13 @@ def test_ours_beside_the_papers(workdir):
   assert table_2_2['fc7', 'detection_map/ft'] == ('9.5', '54.1')
   assert table_2_2['fc7', 'sun397_accuracy/ft'] == ('41.25', '56.8')
   assert table_2_2['fc7', 'sun397_accuracy/fcft'] == ('', '56.2')
+  # A blank (undefined) cell is computed, shown as n/d, not missing.
+  table_2_1 = _pairs(workdir, '2.1')
+  assert table_2_1['fc7', 'weighted@0.1'] == ('n/d', '20.58')
+  assert table_2_1['pool2', 'spmax@1.0'] == ('0.5', '0.23')
+  # Blank cells where the paper has none either are left out (FC-FT's
+  # frozen conv layers).
+  assert ('pool5', 'fcft') not in table_2_4
   # Every paper cell of every table is paired, computed or not.
   for table in paper.TABLES:
     pairs = _pairs(workdir, table)
@@ -119,6 +135,9 @@ def test_markdown_rows_show_ours_then_the_paper(workdir):
   text = open(report.write_report(workdir)).read()
   assert '| fc7 (ours) | 16.0 | 26.0 | 32.2 |' in text
   assert '| fc7 (paper) | 84.0 | 87.1 | 83.4 |' in text
+  assert '| pool5 (ours) | 14.0 | 24.0 | - |' in text
+  assert '| fc7 (ours) | 3.00 | 3.00 | 3.00 | 3.00 | n/d | 3.00 |' in text
+  assert '- n/d: 1 cells computed but undefined' in text
   # Class columns use the seeds' short names.
   assert '|  | aero | bike | bird |' in text
 
@@ -126,7 +145,7 @@ def test_markdown_rows_show_ours_then_the_paper(workdir):
 def test_missing_items_name_the_command(workdir):
   text = open(report.write_report(workdir)).read()
   assert (f'**Missing** (all): produce with `python -m cnnjax.main --config '
-          f'configs/study.py:devkit_dir=...,pretrained=...,only=table2.1 '
+          f'configs/study.py:devkit_dir=...,pretrained=...,only=table3.1 '
           f'--workdir {workdir}`') in text
   assert '**Missing** rows pool5/pretrained, pool5/ft, fc6/ft' in text
   assert ('(fc7, sun397_accuracy/pretrained): not computed here' in text)

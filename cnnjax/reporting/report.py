@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import glob
 import json
+import math
 import os
 import shutil
 import time
@@ -60,7 +61,11 @@ def _read_json(path: str) -> Optional[dict]:
 
 
 def read_csv_table(path: str) -> Cells:
-  """{(row, column): value} of a `tables.write_table` CSV; blanks skipped."""
+  """{(row, column): value} of a `tables.write_table` CSV.
+
+  A blank cell of a row the table has is NaN: computed but undefined (e.g.
+  the percent decrease of a zero reference, an ablation on an fc layer).
+  """
   cells = {}
   if not os.path.exists(path):
     return cells
@@ -68,10 +73,7 @@ def read_csv_table(path: str) -> Cells:
     for record in csv.DictReader(f):
       row = record.pop('row')
       for column, text in record.items():
-        try:
-          cells[row, column] = float(text)
-        except (TypeError, ValueError):
-          continue  # '' (not computed) or a non-number
+        cells[row, column] = float(text) if text else math.nan
   return cells
 
 
@@ -142,6 +144,7 @@ class TableSpec:
     rows: the row order (default: the paper's).
     not_computed: {(row, column): why} for paper cells no config computes.
     note: one line on how to read ours against the paper's.
+    digits: decimals shown.
   """
   table: str
   title: str
@@ -151,6 +154,7 @@ class TableSpec:
   not_computed: Mapping[tuple[str, str], str] = dataclasses.field(
       default_factory=dict)
   note: str = ''
+  digits: int = 1
 
   @property
   def product(self) -> str:
@@ -176,7 +180,7 @@ TABLES = (
     TableSpec('2.1', 'Percent decrease of MCAuE after finetuning (FT vs '
               'pretrained), three entropies, VOC07 test GT boxes',
               _csv_reader('analyses/entropy/table_2_1_ft.csv'),
-              'analyses/entropy/table_2_1_ft.csv', rows=_LAYER_ROWS,
+              'analyses/entropy/table_2_1_ft.csv', rows=_LAYER_ROWS, digits=2,
               note='positive = the layer is more class-selective after '
               'finetuning.'),
     TableSpec('2.2', 'fc7: detection mAP (VOC07 test) and SUN-397 accuracy '
@@ -205,7 +209,7 @@ TABLES = (
     TableSpec('3.1', 'pool5 filters needed to reach 50% / 90% of the full '
               'GT-box classification AP, per class',
               _csv_reader('analyses/subsets/table_3_1.csv'),
-              'analyses/subsets/table_3_1.csv',
+              'analyses/subsets/table_3_1.csv', digits=0,
               note='demo nets are narrower: their pool5 has fewer filters '
               'than the 256 of the seeds.'),
     TableSpec('4.1', 'PASCAL-CLS mAP per layer over the pretraining '
@@ -379,7 +383,10 @@ def table_section(spec: TableSpec, workdir: str, record: Optional[dict],
   Also writes `<out_dir>/tables/table_<id>.csv` (row, column, ours, paper).
   """
   reference = paper.paper_table(spec.table)
-  ours = spec.read(workdir)
+  # Blank where the paper has no value either (fc-layer ablations, FC-FT's
+  # frozen conv layers): nothing to show.
+  ours = {key: value for key, value in spec.read(workdir).items()
+          if key in reference or not math.isnan(value)}
   rows = [r for r in spec.rows if any(k[0] == r for k in reference)] or list(
       dict.fromkeys(r for r, _ in reference))
   columns = list(dict.fromkeys(c for _, c in reference))
@@ -388,10 +395,12 @@ def table_section(spec: TableSpec, workdir: str, record: Optional[dict],
   status = ('missing' if len(missing) == len(wanted) else
             'partial' if missing else 'complete')
 
+  undefined = [key for key in wanted if key in ours and math.isnan(ours[key])]
   pairs = [['row', 'column', 'ours', 'paper']]
   rendered = {}
   for row in rows:
-    rendered[f'{row} (ours)'] = {c: ours.get((row, c)) for c in columns}
+    rendered[f'{row} (ours)'] = {c: _shown(ours.get((row, c)))
+                                 for c in columns}
     rendered[f'{row} (paper)'] = {c: reference.get((row, c)) for c in columns}
     for column in columns:
       if (row, column) in reference or (row, column) in ours:
@@ -404,12 +413,15 @@ def table_section(spec: TableSpec, workdir: str, record: Optional[dict],
              if c in VOC_CLASSES else c for c in columns]
   markdown = tables.markdown_table(
       {name: dict(zip(headers, (values[c] for c in columns)))
-       for name, values in rendered.items()}, headers, digits=2
-      if spec.table == '2.1' else 1)
+       for name, values in rendered.items()}, headers, digits=spec.digits)
   lines = [f'## Table {spec.table}: {spec.title}\n',
            f'Ours from `{spec.source}`; paper: seeds Table {spec.table}. '
            f'Status: **{status}**.' + (f' Note: {spec.note}' if spec.note
                                        else '') + '\n', markdown]
+  if undefined:
+    lines.append(f'- n/d: {len(undefined)} cells computed but undefined in '
+                 'our run (blank in our table: e.g. a percent decrease of a '
+                 'zero reference).')
   for (row, column), why in spec.not_computed.items():
     lines.append(f'- ({row}, {column}): not computed here ({why}).')
   if missing:
@@ -442,8 +454,15 @@ def figure_section(spec: FigureSpec, workdir: str, record: Optional[dict],
   return '\n'.join(lines) + '\n', 'complete' if found else 'missing'
 
 
+def _shown(value: Optional[float]):
+  """A cell for the markdown table: 'n/d' for a computed, undefined one."""
+  return 'n/d' if value is not None and math.isnan(value) else value
+
+
 def _csv_value(value: Optional[float]) -> str:
-  return '' if value is None else f'{value:g}'
+  if value is None:
+    return ''
+  return 'n/d' if math.isnan(value) else f'{value:g}'
 
 
 def _write_csv(path: str, rows: Sequence[Sequence[str]]) -> None:
