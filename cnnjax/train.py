@@ -426,13 +426,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         make_train_step(model, tx, frozen, config.seed),
         in_shardings=(replicated, replicated, data_sharding, replicated),
         out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1))
+        donate_argnums=(0, 1), compiler_options=caffenet.compiler_options())
     eval_step = None
     if eval_data is not None:
       _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
       eval_step = jax.jit(make_eval_step(build_model(config)),
                           in_shardings=(replicated, data_sharding),
-                          out_shardings=replicated)
+                          out_shardings=replicated,
+                          compiler_options=caffenet.compiler_options())
     metrics_log = _MetricsLog(workdir, start_step, enabled=is_main)
 
     def save(step):

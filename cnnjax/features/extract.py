@@ -183,7 +183,8 @@ def _forward_fn(model_items: tuple, layers: tuple[str, ...],
     return {name: out[name] for name in layers}
 
   return jax.jit(forward, in_shardings=(replicated, batch),
-                 out_shardings=batch)
+                 out_shardings=batch,
+                 compiler_options=caffenet.compiler_options())
 
 
 def _layer_shapes(model_kwargs: Mapping[str, Any], params: Any,
