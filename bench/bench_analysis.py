@@ -13,10 +13,13 @@ scaling  entropy curves (`entropy.entropy_curves`, every method, 100
          against its loop reference: SPEC 6 written as loops over filters
          and thresholds (AP: over filters and classes, the devkit's
          `metrics.cls_average_precision`), timed on --loop-filters filters
-         and scaled by F / loop-filters (the loops are linear in F); the
-         loop results are checked against the vectorised ones. Reports
-         median seconds, the loop / vectorised ratio, the peak resident
-         memory added during one call, and the growth exponent of time in N.
+         and scaled by F / loop-filters (the loops are linear in F), in
+         alternation with the vectorised runs so that both see the same
+         load; the loop results are checked against the vectorised ones.
+         Reports median seconds, the loop / vectorised ratio, the peak
+         resident memory added during one call, the load average, and the
+         growth exponent of time in N (least-squares slope of log time on
+         log N over --sizes; N log N has 1.12 over 1K..16K).
 table    the full entropy table (seeds Table 2.1: MCAuE at 0.1 .. 1.0 of the
          filters, three methods, percent decrease) for two synthetic nets at
          VOC07-test scale: pool1 27x27x96, conv3 13x13x384, pool5 6x6x256,
@@ -144,13 +147,18 @@ def loop_filter_ap(scores, labels):
 
 
 def _growth(times: dict[int, float]) -> dict[str, float]:
-  """Time ratio between the largest and smallest N, and its exponent."""
+  """How time grows with N: the least-squares slope of log time on log N.
+
+  For comparison, the slope N log N itself has over the same sizes (1.12
+  from 1K to 16K); linear time gives 1.
+  """
   sizes = sorted(times)
-  lo, hi = sizes[0], sizes[-1]
-  ratio = times[hi] / times[lo]
-  return {'n_ratio': hi / lo, 'time_ratio': ratio,
-          'exponent': math.log(ratio) / math.log(hi / lo),
-          'n_log_n_ratio': hi * math.log(hi) / (lo * math.log(lo))}
+  slope = np.polyfit(np.log(sizes), np.log([times[n] for n in sizes]), 1)[0]
+  n_log_n = np.polyfit(np.log(sizes), np.log([n * math.log(n) for n in sizes]),
+                       1)[0]
+  return {'sizes': sizes, 'exponent': float(slope),
+          'n_log_n_exponent': float(n_log_n),
+          'time_ratio': times[sizes[-1]] / times[sizes[0]]}
 
 
 def scaling_section(args, rng) -> dict:
@@ -176,25 +184,32 @@ def scaling_section(args, rng) -> dict:
           def vectorised(spmax=spmax, labels=labels):
             return jax.block_until_ready(selectivity.filter_average_precision(
                 spmax, labels, NUM_CLASSES))
-        timing = _common.time_runs(vectorised, runs=args.runs)
+        subset = acts[..., :loop_filters]
+        outputs = {}
+        if analysis == 'entropy':
+          def loop(subset=subset, labels=labels, method=method):
+            outputs['loop'] = loop_entropy_curves(subset, labels, method)
+        else:
+          def loop(spmax=spmax, labels=labels):
+            outputs['loop'] = loop_filter_ap(spmax[:, :loop_filters], labels)
+        # Alternated, so that both see the same load on a shared machine.
+        timing = _common.interleaved_runs(
+            {'vectorised': vectorised, 'loop': loop}, runs=args.runs)
         got, added = peak_rss_added(vectorised)
         got = np.asarray(got)[:loop_filters]
-        subset = acts[..., :loop_filters]
-        start = time.perf_counter()
-        if analysis == 'entropy':
-          want = loop_entropy_curves(subset, labels, method)
-        else:
-          want = loop_filter_ap(spmax[:, :loop_filters], labels)
-        loop_s = (time.perf_counter() - start) * shape[-1] / loop_filters
+        want = outputs['loop']
+        vectorised_s = timing['vectorised']['median_s']
+        loop_s = timing['loop']['median_s'] * shape[-1] / loop_filters
         results.append({
             'layer': layer, 'shape': list(shape), 'n': n,
             'analysis': analysis, 'method': method,
-            'vectorised_s': timing['median_s'],
+            'vectorised_s': vectorised_s,
             'loop_s_estimated': loop_s,
-            'speedup': loop_s / timing['median_s'],
+            'speedup': loop_s / vectorised_s,
             'peak_rss_added_mb': added / 2**20,
             'input_mb': acts.nbytes / 2**20,
             'max_abs_diff_vs_loop': float(np.abs(got - want).max()),
+            'load_average': _common.load_average(),
         })
   growth = {}
   for row in results:
@@ -247,11 +262,13 @@ def main() -> None:
   args = parse_args()
   rng = np.random.default_rng(args.seed)
   sections = args.sections.split(',')
-  payload = {'machine': _common.machine(), 'devices': str(jax.devices())}
+  payload = {'machine': _common.machine(), 'devices': str(jax.devices()),
+             'load_average_start': _common.load_average()}
   if 'scaling' in sections:
     payload['scaling'] = scaling_section(args, rng)
   if 'table' in sections:
     payload['table'] = table_section(args, rng)
+  payload['load_average_end'] = _common.load_average()
   _common.print_json(payload)
 
 

@@ -129,9 +129,8 @@ def jax_step_fns(params, num_classes: int,
           'fcft': functools.partial(make_train, CONV_LAYERS)}
 
 
-def torch_step_fns(num_classes: int) -> tuple[dict[str, Any],
-                                              dict[str, StepFactory]]:
-  """The same three measurements for an eager PyTorch CaffeNet.
+def torch_network(num_classes: int):
+  """CaffeNet in PyTorch: (features, classifier), features channels_last.
 
   Raises:
     ImportError: torch is not installed.
@@ -159,7 +158,19 @@ def torch_step_fns(num_classes: int) -> tuple[dict[str, Any],
       nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(inplace=True),
       nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
       nn.Dropout(0.5), nn.Linear(4096, num_classes))
-  features = features.to(memory_format=torch.channels_last)
+  return features.to(memory_format=torch.channels_last), classifier
+
+
+def torch_step_fns(num_classes: int) -> tuple[dict[str, Any],
+                                              dict[str, StepFactory]]:
+  """The same three measurements for an eager PyTorch CaffeNet.
+
+  Raises:
+    ImportError: torch is not installed.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  features, classifier = torch_network(num_classes)
 
   def to_torch(images, labels):
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

@@ -95,16 +95,15 @@ def test_statistics_match_loop_counts_on_continuous_data_in_chunks():
 def test_float16_host_blocks_equal_float32():
   # Float16 blocks go through the staged XLA kernels (spatial max included),
   # float32 ones partly through numpy: values on a 1/8 grid are exact in
-  # both, so the curves must agree exactly, in chunks and whole.
+  # both, so the curves must agree exactly (8 chunks, the last one padded).
   rng = np.random.default_rng(6)
   acts = quantised_acts(rng, (29, 3, 3, 5), zero_filter=4)
   labels = rng.integers(0, 4, 29)
   for method in entropy.METHODS:
     want = entropy.entropy_curves(acts, labels, 4, method, 25)
-    for chunk in (4 * 45, entropy.DEFAULT_CHUNK_ELEMENTS):
-      got = entropy.entropy_curves(acts.astype(np.float16), labels, 4, method,
-                                   25, chunk_elements=chunk)
-      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    got = entropy.entropy_curves(acts.astype(np.float16), labels, 4, method,
+                                 25, chunk_elements=4 * 45)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   np.testing.assert_array_equal(
       entropy.spatial_max(acts.astype(np.float16), chunk_elements=3 * 45),
       acts.max(axis=(1, 2)))

@@ -26,7 +26,8 @@ The kernel never builds a [samples, thresholds] intermediate: each sample's
 number of thresholds passed is found by search (arithmetic for an equally
 spaced grid), then one scatter-add per chunk fills a [F, T + 1, C] histogram
 whose reverse cumulative sum over the bins gives the counts at every
-threshold. Memory is a few times the chunk; time is linear in the samples.
+threshold. Memory is a few times the chunk (plus one host staging block);
+time is linear in the samples, plus O(F T C) per chunk.
 """
 
 from __future__ import annotations

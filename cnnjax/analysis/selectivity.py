@@ -13,6 +13,8 @@ Two questions of SPEC 6 about single pool5 filters:
 - AP (fig 3-2): the filter's spatial-max response is the score of every GT
   box for class c; 11-point VOC AP of that ranking, for every filter and
   class at once ([F, C]), and the PR curves of the best filters per class.
+  Rankings are sorts of [N, F] scores, done on the host in numpy (whose
+  SIMD sorts beat XLA:CPU's by ~15x); O(F N log N).
 """
 
 from __future__ import annotations
