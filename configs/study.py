@@ -50,26 +50,24 @@ its finetunings, everything at the demo input size:
   python -m cnnjax.main --config configs/study.py:runlocal \
       --workdir /tmp/study_demo
 
-At demo scale the detection grid is reduced to the pretrained and FT nets
-(Table 2.3's pretrained/FT rows, Table 5.2, Table 2.2's first two columns):
-each net costs ~8 min of proposal feature extraction on 2 CPU cores. Add
-`det_grid=full` for every detection cell (FC-FT and 50-50 too: ~+30 min).
-The report states that demo numbers are not comparable with the paper's.
-Measured (one run on the shared 2-core CPU at load ~8, demo pretraining
-cached, 400-step demo finetunings): 51 min wall, ~25 CPU-minutes; per step
-pretrain 0 s (cached; ~10 min on first use), net_ft 11.5 min (selective
-search on the 600 images included), net_fcft 2.5 min, sun397_ft 4.6 min,
-sun397_fcft 2.4 min, gtbox_cls 1.2 min, analyses 2.5 min in all,
-pascal_cls_ablations 1.2 min, pascal_cls_snapshots 37 s, the first
-detection cell of a net 9.5 min (its features), every other 45-75 s. A
-rerun of a finished study: seconds.
+Every detection cell runs at demo scale too (FC-FT and 50-50 nets
+included); `det_grid=reduced` keeps the pretrained and FT nets only. The
+report states that demo numbers are not comparable with the paper's.
+Measured (idle 2-core CPU, nothing cached: demo data generated, demo
+pretraining trained, 800-step finetunings), det_grid=reduced: 9.5 min
+wall, 16 CPU-minutes; per step pretrain 85 s (data generation included),
+net_ft 2.2 min (selective search on the 600 demo images included), net_fcft
+39 s, sun397_ft 33 s, sun397_fcft 18 s, gtbox_cls 16 s, analyses 34 s in
+all, pascal_cls_ablations 19 s, pascal_cls_snapshots 11 s, the first
+detection cell of a net ~70 s (its proposal features), every other ~10 s.
+A rerun of a finished study: seconds.
 
 Select steps with `only=` / `skip=` (`a+b`): a step name, a group (`net`,
 `sun397`, `analyses`, `pascal_cls`, `detect`) or a product (`table2.3`,
 `fig3-1`, `cka`); e.g. `only=table2.4` runs what Table 2.4 needs.
 
-Args: runlocal, only, skip, det_grid (reduced|full; default reduced under
-runlocal, else full), keep_going (a failed step is recorded and the study
+Args: runlocal, only, skip, det_grid (full|reduced; reduced: detection with
+the pretrained and FT nets only), keep_going (a failed step is recorded and the study
 goes on; the run fails at the end), pretrain (train `pretrained` first at
 full scale), voc, devkit_dir, tfds_data_dir, data_dir (demo cache root),
 pretrained, imagenet_dir (TFDS data dir of imagenet2012), sun397_dir (TFDS
@@ -96,7 +94,7 @@ DETECTION_CELLS = (
     ('fiftyfifty', 'pool5', 'unroll', ('table4.2',)),
     ('fiftyfifty', 'fc7', 'unroll', ('table4.2',)),
 )
-# The demo's reduced grid: the nets whose proposal features are extracted.
+# det_grid=reduced: the nets whose proposal features are extracted.
 REDUCED_GRID_NETS = ('pretrained', 'ft')
 DETECTION_LAYERS = ('pool5', 'fc6', 'fc7')
 ANALYSES = (('entropy', ('table2.1', 'fig2-1', 'fig2-2')),
@@ -107,9 +105,9 @@ ANALYSES = (('entropy', ('table2.1', 'fig2-1', 'fig2-2')),
 FINETUNED = ('ft', 'fcft', 'fiftyfifty')
 # Seconds per step, for the ETA: measured demo figures on the shared 2-core
 # CPU, and one-GPU estimates at full scale.
-DEMO_SECONDS = {'pretrain': 600, 'net': 420, 'sun397': 210, 'gtbox_cls': 75,
-                'analyses': 30, 'pascal_cls': 55, 'detect_first': 570,
-                'detect': 65}
+DEMO_SECONDS = {'pretrain': 90, 'net': 130, 'sun397': 35, 'gtbox_cls': 16,
+                'analyses': 10, 'pascal_cls': 20, 'detect_first': 70,
+                'detect': 11}
 FULL_SECONDS = {'pretrain': 260_000, 'net': 25_000, 'sun397': 12_000,
                 'gtbox_cls': 3_600, 'analyses': 3_600, 'pascal_cls': 3_600,
                 'detect_first': 10_800, 'detect': 3_600}
@@ -142,7 +140,7 @@ def get_config(arg=None):
   if not arg.runlocal and not arg.pretrained:
     raise ValueError('configs/study.py: full scale needs pretrained=<a '
                      'pretraining workdir or imported CaffeNet> (or runlocal)')
-  det_grid = arg.det_grid or ('reduced' if arg.runlocal else 'full')
+  det_grid = arg.det_grid or 'full'
   if det_grid not in ('reduced', 'full'):
     raise ValueError(f'det_grid={det_grid!r}; valid: reduced, full')
   seconds = DEMO_SECONDS if arg.runlocal else FULL_SECONDS

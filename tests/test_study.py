@@ -91,8 +91,10 @@ def test_demo_steps_come_after_what_they_use(demo_config):
   assert products == {spec.product for spec in report.TABLES + report.FIGURES}
 
 
-def test_demo_grid_is_reduced_by_default():
-  config = _study_config('runlocal')
+def test_demo_runs_the_full_grid_unless_reduced():
+  assert _study_config('runlocal').det_grid == 'full'
+  assert 'net_fiftyfifty' in _study_config('runlocal').order
+  config = _study_config('runlocal,det_grid=reduced')
   detect = [n for n in config.order if n.startswith('detect_')]
   assert config.det_grid == 'reduced'
   assert {config.steps[n].config.net for n in detect} == {'pretrained', 'ft'}

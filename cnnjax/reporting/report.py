@@ -332,9 +332,9 @@ def _demo_notice(record: Optional[dict]) -> str:
               'training steps')
   grid = ''
   if (record or {}).get('det_grid') == 'reduced':
-    grid = (' Detection ran on the reduced demo grid (the pretrained and FT '
-            'nets only, to keep the demo study within half an hour on two '
-            'CPU cores): the FC-FT and 50-50 rows need `det_grid=full`.')
+    grid = (' Detection ran on the reduced grid (`det_grid=reduced`: the '
+            'pretrained and FT nets only): the FC-FT and 50-50 rows need '
+            '`det_grid=full`.')
   return ('> **These numbers are not comparable with the paper\'s.** This is '
           f'the demo run (`:runlocal`): {detail}. The demo exercises every '
           'step of the study end to end; its values show that the pipeline '
