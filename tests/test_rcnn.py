@@ -1,6 +1,7 @@
 """R-CNN detector training and test scoring over a feature store."""
 
 import jax
+import ml_collections
 import numpy as np
 
 from cnnjax.analysis import ablations
@@ -8,6 +9,7 @@ from cnnjax.data import regions
 from cnnjax.data.voc import VocImage
 from cnnjax.detection import nms
 from cnnjax.detection import rcnn
+from cnnjax.detection import task as detect_task
 from cnnjax.features import store as store_lib
 from cnnjax import metrics
 
@@ -154,3 +156,36 @@ def test_candidates_and_nms_equal_a_loop_per_image_and_class(tmp_path):
     np.testing.assert_allclose(found[k].scores, [e[1] for e in expected],
                                rtol=1e-6)
     assert [tuple(b) for b in found[k].boxes] == [e[2] for e in expected]
+
+
+def test_chance_candidates_rank_proposals_at_random(tmp_path):
+  store = _random_store(tmp_path)
+  reader = rcnn.AblatedRows(store, 'pool5', 'unroll')
+  got = rcnn.chance_candidates(reader, 4, top_k=10, seed=3)
+  again = rcnn.chance_candidates(reader, 4, top_k=10, seed=3)
+  np.testing.assert_array_equal(got['rows'], again['rows'])
+  for image in range(reader.num_images):
+    proposals = reader.proposal_rows(image)
+    for k in range(4):
+      rows = got['rows'][image, k]
+      scores = got['scores'][image, k]
+      found = rows[rows >= 0]
+      # min(R, top_k) distinct proposals (never GT rows), best first.
+      assert len(found) == min(len(proposals), 10)
+      assert set(found) <= set(proposals) and len(set(found)) == len(found)
+      assert np.all(np.diff(scores[:len(found)]) <= 0)
+      assert np.all((scores[:len(found)] >= 0) & (scores[:len(found)] < 1))
+  # Classes are ranked independently.
+  assert not np.array_equal(got['rows'][:, 0], got['rows'][:, 1])
+
+
+def test_chance_ap_is_far_below_a_learned_detector(tmp_path):
+  images, store, k = _toy_detection_problem(tmp_path, num_images=30)
+  reader = rcnn.AblatedRows(store, 'fc7', 'unroll')
+  test_config = ml_collections.ConfigDict(dict(top_k=100, nms_threshold=0.3))
+  chance = detect_task.chance_ap(reader, images, test_config)
+  # Two of five proposals per image hit the object: random scores rank
+  # each class's ten hits among 150 proposals, then NMS keeps one hit per
+  # image; a detector that learned scores 0.9 and more (test above).
+  ap = chance['ap'][:3]                        # the toy's classes
+  assert 0.05 < ap.mean() < 0.4, ap

@@ -181,7 +181,36 @@ def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
       past the image's proposals).
     scores: float32 [I, K, top_k] their scores (-inf past the end).
   """
-  num_classes = weights.shape[1]
+
+  def svm_scores(span, proposals):
+    features = reader.features(span)[proposals - span.start] * scale
+    return features @ weights + biases                             # [R, K]
+
+  return _top_candidates(reader, weights.shape[1], top_k, svm_scores)
+
+
+def chance_candidates(reader: AblatedRows, num_classes: int, *,
+                      top_k: int = 100, seed: int = 0
+                      ) -> dict[str, np.ndarray]:
+  """`score_candidates` with uniform random scores: the chance detector.
+
+  It ranks the same test proposals by chance, so its mAP (after the same
+  NMS and AP) is the baseline a learned detector on these proposals must
+  beat; reads no features.
+  """
+  rng = np.random.default_rng(seed)
+
+  def random_scores(span, proposals):
+    del span
+    return rng.random((len(proposals), num_classes), np.float32)  # [R, K]
+
+  return _top_candidates(reader, num_classes, top_k, random_scores)
+
+
+def _top_candidates(reader: AblatedRows, num_classes: int, top_k: int,
+                    score_fn) -> dict[str, np.ndarray]:
+  """Rows and scores of the top_k proposals per image and class by
+  `score_fn(image_span, proposal_rows) -> [R, K]` (see score_candidates)."""
   shape = (reader.num_images, num_classes, top_k)
   rows = np.full(shape, -1, np.int64)
   scores = np.full(shape, -np.inf, np.float32)
@@ -191,8 +220,7 @@ def score_candidates(reader: AblatedRows, scale: float, weights: np.ndarray,
     span = reader.image_rows(image)
     proposals = reader.proposal_rows(image)                        # [R]
     if len(proposals):
-      features = reader.features(span)[proposals - span.start] * scale
-      image_scores = features @ weights + biases                   # [R, K]
+      image_scores = score_fn(span, proposals)                     # [R, K]
       top = np.argsort(-image_scores, axis=0, kind='stable')[:top_k]
       rows[image, :, :len(top)] = proposals[top].T
       scores[image, :, :len(top)] = np.take_along_axis(image_scores, top,

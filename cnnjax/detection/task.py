@@ -121,9 +121,24 @@ def report(out_dir: str, row: str, detections: Sequence[metrics.Detections],
   summary = {**summary, 'mAP': mean_ap * 100,
              'ap': dict(zip(VOC_CLASSES, (ap * 100).tolist()))}
   config_lib.write_json_atomic(os.path.join(out_dir, 'summary.json'), summary)
-  logging.info('detect %s: mAP %.1f', row, mean_ap * 100)
-  print(f'{row}: VOC2007 test mAP {mean_ap * 100:.1f}  ({out_dir})')
+  chance = (f' (chance {summary["chance_mAP"]:.1f})'
+            if 'chance_mAP' in summary else '')
+  logging.info('detect %s: mAP %.1f%s', row, mean_ap * 100, chance)
+  print(f'{row}: VOC2007 test mAP {mean_ap * 100:.1f}{chance}  ({out_dir})')
   return summary
+
+
+def chance_ap(reader: rcnn.AblatedRows, test: Sequence[VocImage],
+              test_config: ml_collections.ConfigDict) -> dict:
+  """AP of random scores on the same test proposals, top-k and NMS: the
+  baseline every row of the detection tables must beat."""
+  candidates = rcnn.chance_candidates(reader, len(VOC_CLASSES),
+                                      top_k=test_config.top_k)
+  detections = rcnn.suppress(
+      rcnn.candidate_boxes(reader, candidates['rows']), candidates['scores'],
+      candidates['rows'] >= 0, test_config.nms_threshold)
+  ap, mean_ap = metrics.det_map(detections, test)
+  return {'ap': ap, 'mean_ap': np.float64(mean_ap)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -199,12 +214,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         candidates=candidate_settings,
         nms_threshold=config.test.nms_threshold))
 
+  with stage('chance'):
+    chance = stepcache.cached_arrays(
+        os.path.join(out_dir, 'chance.npz'),
+        lambda: chance_ap(test_reader, test, config.test),
+        test=stepcache.store_signature(test_store),
+        test_config=config.test.to_dict())
+
   row = f'{net.name}/{layer}' + ('' if ablation == 'unroll' else f'/{ablation}')
   summary = {'net': net.name, 'layer': layer, 'ablation': ablation,
              'bbox_reg': False, 'num_trainval': len(trainval),
              'num_test': len(test),
              'proposals_per_image': float(np.mean([len(b)
-                                                   for b in test_boxes]))}
+                                                   for b in test_boxes])),
+             'chance_mAP': float(chance['mean_ap']) * 100}
   if not bbox_reg:
     return report(out_dir, row, detections, test,
                   {**summary, 'seconds': dict(stage)})
