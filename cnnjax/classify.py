@@ -29,6 +29,16 @@ Two evaluations (`config.eval`):
 Spatial ablations (sp-shuffle, sp-max, sp-max-bin, sm-bn-lc) are undefined on
 the fc layers (a 1x1 map) and reported as '-'.
 
+A third evaluation, `sun397`, fills seeds Table 2.2's pretrained SUN-397
+cell (`sun397_probe`): the pretrained net has no SUN-397 classifier, so, as
+DeCAF and the seeds did, one-vs-rest linear SVMs (the same solver and
+scaling) are trained on its fc7 features of the train split and an image
+gets the class of the highest score; top-1 accuracy on the test split. Its
+images are fed as the finetuned nets' classification eval feeds them
+(resize, centre crop), not warped as boxes, so its features are computed
+here rather than in the box-warping feature stores; the result is cached in
+`<workdir>/summary.json` with the settings it was computed with.
+
 Outputs, cached so a rerun only computes missing cells:
 
   <workdir>/features/<net>[@<step>]/<split>_<kind>/      shared stores
@@ -60,11 +70,16 @@ from cnnjax import checkpoints
 from cnnjax import config_lib
 from cnnjax import metrics
 from cnnjax import nets as nets_lib
+from cnnjax import progress
+from cnnjax import sharding
 from cnnjax.analysis import ablations as ablations_lib
 from cnnjax.analysis import probes
 from cnnjax.data import datasets
+from cnnjax.data import preprocess
+from cnnjax.data import sources
 from cnnjax.data import voc
 from cnnjax.features import cache as feature_cache
+from cnnjax.features import extract
 from cnnjax.features import store as store_lib
 from cnnjax.reporting import tables
 
@@ -84,6 +99,8 @@ _SPLIT_CODES = {'trainval': 0, 'test': 1}
 _SPLITS = ('trainval', 'test')
 _CELL_JSON = 'cell.json'
 _SCORES = 'scores.npy'
+SUN397 = 'sun397'
+SUN397_SUMMARY = 'summary.json'
 
 
 class SvmSettings(NamedTuple):
@@ -363,9 +380,8 @@ def _cell_settings(config: ml_collections.ConfigDict, column: Column,
   return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
-def _read_cached(cell_dir: str, settings: dict) -> Optional[dict]:
-  """The cell's cached record if it was computed with `settings`."""
-  path = os.path.join(cell_dir, _CELL_JSON)
+def _read_cached(path: str, settings: dict) -> Optional[dict]:
+  """The cached record at `path` if it was computed with `settings`."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -432,8 +448,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir: shared with the other experiments (nets, feature caches).
 
   Returns:
-    The summary (also written to <workdir>/classify/<eval>/<layout>/).
+    The summary (also written to <workdir>/classify/<eval>/<layout>/; for
+    `sun397`, see `sun397_probe`).
   """
+  if config.eval == SUN397:
+    return sun397_probe(config, workdir)
   _check_config(config)
   eval_name, kind = config.eval, EVALS[config.eval]
   out_dir = os.path.join(workdir, 'classify', eval_name)
@@ -453,7 +472,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       settings = _cell_settings(config, column, layer, ablation)
       cell_dir = os.path.join(out_dir, 'cells',
                               f'{column.tag}-{layer}-{ablation}')
-      cached = _read_cached(cell_dir, settings)
+      cached = _read_cached(os.path.join(cell_dir, _CELL_JSON), settings)
       if cached is None:
         todo.append((layer, ablation, settings, cell_dir))
       else:
@@ -538,4 +557,121 @@ def write_outputs(config: ml_collections.ConfigDict, eval_dir: str,
   config_lib.write_json_atomic(os.path.join(out_dir, 'summary.json'), summary)
   print(tables.markdown_table(map_rows, header, row_header='layer'))
   print(f'({out_dir})')
+  return summary
+
+
+# ------------------------------------------------ SUN-397 (Table 2.2) ---
+
+def multiclass_accuracy(scores: np.ndarray, labels: np.ndarray
+                        ) -> tuple[float, float]:
+  """Top-1 and mean per-class top-1 of the highest-scoring class.
+
+  Args:
+    scores: [N, K] one score per class.
+    labels: int [N] true classes.
+
+  Returns:
+    (top-1, mean over the classes present of their top-1), as fractions.
+  """
+  labels = np.asarray(labels)
+  hits = np.argmax(scores, axis=1) == labels                      # [N]
+  present = np.unique(labels)
+  per_class = [hits[labels == k].mean() for k in present]
+  return float(hits.mean()), float(np.mean(per_class))
+
+
+def centre_crop_features(net: nets_lib.Net, source: Sequence[dict],
+                         layer: str, *, batch_size: int, resize: int,
+                         mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`layer` of every image of a classification source, fed as the eval is.
+
+  Each image is resized to `resize` (aspect ignored), mean-subtracted and
+  centre-cropped to the net's input size (`preprocess.eval_batches`: Caffe's
+  test-time transform, the one the finetuned nets are evaluated with).
+
+  Returns:
+    features float32 [N, D] (flattened) and labels int32 [N], in source
+    order.
+  """
+  mesh = sharding.data_mesh()
+  # The feature extractor's cached forward (only `layer` is computed).
+  forward = extract._forward_fn(  # pylint: disable=protected-access
+      tuple(sorted(net.model_kwargs.items())), (layer,), mesh)
+  batch_sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data'))
+  params = jax.device_put(net.params(), jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  line = progress.Progress(f'{layer} of {net.name}', len(source), 'images',
+                           every_s=30.0)
+  features, labels = [], []
+  for batch in preprocess.eval_batches(source, batch_size, resize=resize,
+                                       crop=net.input_size, mean=mean):
+    out = forward(params, jax.make_array_from_process_local_data(
+        batch_sharding, batch['image']))
+    real = batch['mask']                                 # [B] not padding
+    values = np.asarray(out[layer], np.float32)
+    features.append(values.reshape(len(values), -1)[real])   # [b, D]
+    labels.append(batch['label'][real])
+    line.update(int(real.sum()))
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def sun397_probe(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Seeds Table 2.2's pretrained SUN-397 cell: SVMs on `config.layer`.
+
+  Features of the SUN-397 train and test splits under the pretrained net
+  -> scaled to mean norm `svm.target_norm` on train -> one one-vs-rest
+  linear SVM per class in one solve (SPEC 4 objective) -> each test image
+  gets the class of its highest score -> top-1 and mean per-class top-1.
+
+  Args:
+    config: see configs/sun397_probe.py (layer, input as the finetuning's,
+      nets, extract.batch_size, svm).
+    workdir: where the split is recorded and `summary.json` written; a rerun
+      with the same settings returns the cached summary.
+
+  Returns:
+    The summary: accuracy and mean_class_accuracy (%), the example counts,
+    the scale factor, the settings and the seconds it took.
+  """
+  inp = config.input
+  settings = json.loads(json.dumps(
+      {'eval': SUN397, 'layer': config.layer, 'svm': config.svm.to_dict(),
+       'input': inp.to_dict(),
+       'net_config': _net_identity(config.nets,
+                                   Column('pretrained', 'pretrained', None))},
+      sort_keys=True, default=str))
+  path = os.path.join(workdir, SUN397_SUMMARY)
+  cached = _read_cached(path, settings)
+  if cached is not None:
+    logging.info('sun397: cached %s', path)
+    return cached
+  start = time.monotonic()
+  net = nets_lib.resolve(config, 'pretrained', workdir)
+  mean = preprocess.mean_image(inp.mean_path or None, inp.resize)
+  splits = {split: sources.classification_source(
+      inp.dataset, split, inp.data_dir or None, workdir=workdir,
+      demo_options=inp.demo.to_dict()) for split in ('train', 'test')}
+  num_classes = splits['train'].num_classes
+  (train_x, train_y), (test_x, test_y) = (
+      centre_crop_features(net, splits[split], config.layer,
+                           batch_size=config.extract.batch_size,
+                           resize=inp.resize, mean=mean)
+      for split in ('train', 'test'))
+  logging.info('sun397: %s %s, %d train / %d test images, %d classes',
+               config.layer, train_x.shape, len(train_y), len(test_y),
+               num_classes)
+  probe = fit_probe(train_x, box_labels(train_y, num_classes),
+                    svm=SvmSettings(**config.svm.to_dict()))
+  top1, mean_class = multiclass_accuracy(probe_scores(probe, test_x), test_y)
+  summary = {'settings': settings, 'net': 'pretrained', 'layer': config.layer,
+             'accuracy': 100 * top1, 'mean_class_accuracy': 100 * mean_class,
+             'num_train': len(train_y), 'num_test': len(test_y),
+             'num_classes': num_classes, 'scale': float(probe.scale),
+             'seconds': time.monotonic() - start}
+  config_lib.write_json_atomic(path, summary)
+  print(f'SUN-397 pretrained {config.layer} + linear SVMs: test top-1 '
+        f'{summary["accuracy"]:.1f}% (mean per class '
+        f'{summary["mean_class_accuracy"]:.1f}%), {len(test_y)} images '
+        f'({path})')
   return summary

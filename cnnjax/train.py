@@ -20,7 +20,11 @@ continues it (Caffe's step schedule does not depend on the total).
 Outputs in the workdir: `checkpoints/` (see cnnjax.checkpoints) and
 `metrics.jsonl`, one JSON object per logged step: train records carry
 `step, loss, top1, grad_norm, lr, images_per_sec`; evaluation records carry
-`step, val_loss, val_top1, val_top5, val_examples`.
+`step, val_loss, val_top1, val_top5, val_mean_class_top1, val_examples`. With
+`config.eval.final_split` set (SUN-397's test split), the last step also
+gets one record of that split, the same keys under its name (`test_top1`,
+...); a run found finished without it (trained before, or killed between
+its last checkpoint and that record) is evaluated when run again.
 """
 
 from __future__ import annotations
@@ -327,10 +331,12 @@ def _json_safe(config: ml_collections.ConfigDict) -> dict:
 
 
 def evaluate(eval_step: Callable, params: Any, eval_data: EvalData,
-             sharding: jax.sharding.NamedSharding) -> dict[str, float]:
+             sharding: jax.sharding.NamedSharding,
+             split: str = 'val') -> dict[str, float]:
   """Top-1/top-5, loss and mean per-class top-1 over every (padded, masked)
-  evaluation batch; the last is what shows learning on R-CNN windows, where
-  answering background everywhere scores 75% top-1 (and 1/21 per class)."""
+  evaluation batch, keyed `<split>_top1` etc.; the last is what shows
+  learning on R-CNN windows, where answering background everywhere scores
+  75% top-1 (and 1/21 per class)."""
   totals = None
   for batch in eval_data():
     sums = jax.device_get(eval_step(params, _put_batch(batch, sharding)))
@@ -340,16 +346,34 @@ def evaluate(eval_step: Callable, params: Any, eval_data: EvalData,
     raise ValueError('evaluation data yielded no examples')
   count = float(totals['count'])
   present = totals['class_count'] > 0
-  return {'val_loss': float(totals['loss']) / count,
-          'val_top1': float(totals['top1']) / count,
-          'val_top5': float(totals['top5']) / count,
-          'val_mean_class_top1': float(np.mean(
+  return {f'{split}_loss': float(totals['loss']) / count,
+          f'{split}_top1': float(totals['top1']) / count,
+          f'{split}_top5': float(totals['top5']) / count,
+          f'{split}_mean_class_top1': float(np.mean(
               totals['class_top1'][present] / totals['class_count'][present])),
-          'val_examples': int(count)}
+          f'{split}_examples': int(count)}
+
+
+def has_record(workdir: str, step: int, key: str) -> bool:
+  """Whether the run's metrics.jsonl holds `key` in a record of `step`."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return any(r['step'] == step and key in r for r in records)
+
+
+def final_eval_pending(config: ml_collections.ConfigDict, workdir: str,
+                       step: int) -> bool:
+  """Whether the run asks for a final-split evaluation that `step` lacks."""
+  split = config.eval.get('final_split', '')
+  return bool(split) and not has_record(workdir, step, f'{split}_top1')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
           train_data: TrainData, *, eval_data: Optional[EvalData] = None,
+          final_data: Optional[EvalData] = None,
           mesh: Optional[jax.sharding.Mesh] = None) -> Any:
   """Trains (or resumes) `config` in `workdir`; returns the final params.
 
@@ -362,6 +386,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       global batches start_step, start_step + 1, ... (dicts of 'image' float32
       [b, S, S, 3] BGR mean-subtracted and 'label' int32 [b]).
     eval_data: optional; `eval_data()` iterates padded evaluation batches.
+    final_data: optional; batches of `config.eval.final_split`, evaluated
+      once the last step is done (also when a finished run lacks it).
     mesh: the ('data',) mesh; all devices by default.
 
   Returns:
@@ -417,9 +443,28 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       params = jax.device_put(initial_params(config, build_model(config),
                                              image_size), replicated)
       opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+    eval_step = None
+    if eval_data is not None or final_data is not None:
+      _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
+      eval_step = jax.jit(make_eval_step(build_model(config)),
+                          in_shardings=(replicated, data_sharding),
+                          out_shardings=replicated,
+                          compiler_options=caffenet.compiler_options())
+    metrics_log = _MetricsLog(workdir, start_step, enabled=is_main)
+
+    def final_eval(step):
+      split = config.eval.final_split
+      results = evaluate(eval_step, params, final_data, data_sharding, split)
+      metrics_log.write({'step': step, **results})
+      logging.info('step %d final %s eval: %s', step, split, ', '.join(
+          f'{k} {v:.4g}' for k, v in results.items()))
+
     if start_step >= total_steps:
       logging.info('already trained to step %d >= total_steps %d', start_step,
                    total_steps)
+      if final_data is not None and final_eval_pending(config, workdir,
+                                                       start_step):
+        final_eval(start_step)
       return params
 
     train_step = jax.jit(
@@ -427,14 +472,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         in_shardings=(replicated, replicated, data_sharding, replicated),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1), compiler_options=caffenet.compiler_options())
-    eval_step = None
-    if eval_data is not None:
-      _check_divisible(config.eval.batch_size, mesh, 'eval.batch_size')
-      eval_step = jax.jit(make_eval_step(build_model(config)),
-                          in_shardings=(replicated, data_sharding),
-                          out_shardings=replicated,
-                          compiler_options=caffenet.compiler_options())
-    metrics_log = _MetricsLog(workdir, start_step, enabled=is_main)
 
     def save(step):
       checkpointer.save(step, params, opt_state, {
@@ -470,10 +507,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         done = step + 1
         log_now = done % config.log_every == 0 or done == total_steps
         save_now = checkpointer.should_save(done, total_steps)
-        eval_now = eval_step is not None and (
+        eval_now = eval_data is not None and (
             done == total_steps or
             (config.eval_every > 0 and done % config.eval_every == 0))
-        if not (log_now or save_now or eval_now):
+        final_now = final_data is not None and done == total_steps
+        if not (log_now or save_now or eval_now or final_now):
           continue
         check(pending)  # nothing non-finite is ever saved or logged
         pending = None
@@ -491,6 +529,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           metrics_log.write({'step': done, **results})
           logging.info('step %d eval: %s', done, ', '.join(
               f'{k} {v:.4g}' for k, v in results.items()))
+        if final_now:
+          final_eval(done)
         if save_now:  # last: a checkpoint implies its step's records exist
           save(done)
     finally:
@@ -506,6 +546,7 @@ class Data(NamedTuple):
   train: TrainData
   eval: Optional[EvalData]
   close: Callable[[], None]
+  final: Optional[EvalData] = None   # config.eval.final_split's batches
 
 
 def classification_data(config: ml_collections.ConfigDict,
@@ -514,7 +555,8 @@ def classification_data(config: ml_collections.ConfigDict,
 
   `config.input`: dataset ('demo' | 'imagenet2012' | 'sun397'), data_dir,
   split, resize, image_size (the crop), mean_path, demo (options of the
-  generated set); `config.eval.split` ('' for no evaluation).
+  generated set); `config.eval.split` ('' for no evaluation) and
+  `config.eval.final_split` (optional: evaluated once, at the end).
 
   Raises:
     ValueError: the dataset's class count differs from model.num_classes.
@@ -537,16 +579,17 @@ def classification_data(config: ml_collections.ConfigDict,
   batcher = preprocess.ClassificationBatcher(
       source(inp.split), inp.batch_size, seed=config.seed, train=True,
       resize=inp.resize, crop=inp.image_size, mean=mean, **shards)
-  eval_data = None
-  if config.eval.split:
-    eval_source = source(config.eval.split)
 
-    def eval_data():
-      return preprocess.eval_batches(
-          eval_source, config.eval.batch_size, resize=inp.resize,
-          crop=inp.image_size, mean=mean, **shards)
+  def eval_data_of(split):
+    if not split:
+      return None
+    eval_source = source(split)
+    return lambda: preprocess.eval_batches(
+        eval_source, config.eval.batch_size, resize=inp.resize,
+        crop=inp.image_size, mean=mean, **shards)
 
-  return Data(batcher.iterate, eval_data, batcher.close)
+  return Data(batcher.iterate, eval_data_of(config.eval.split), batcher.close,
+              eval_data_of(config.eval.get('final_split', '')))
 
 
 def voc_windows(config: ml_collections.ConfigDict, split: str,
@@ -701,7 +744,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
     done = checkpoints.latest_step(workdir)
     if done is not None:
       check_same_recipe(config, workdir, done)
-      if done >= config.total_steps:
+      if done >= config.total_steps and not final_eval_pending(
+          config, workdir, done):
         logging.info('%s: already trained to step %d', workdir, done)
         return checkpoints.load_params(workdir, done)
     else:
@@ -711,6 +755,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Any:
       raise ValueError(f'input.kind={kind!r}; valid: {", ".join(DATA_KINDS)}')
     data = DATA_KINDS[kind](config, workdir)
     try:
-      return train(config, workdir, data.train, eval_data=data.eval)
+      return train(config, workdir, data.train, eval_data=data.eval,
+                   final_data=data.final)
     finally:
       data.close()

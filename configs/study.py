@@ -17,7 +17,8 @@ missing with the command that produces it.
   pretrain          configs/imagenet_caffenet.py (snapshots) fig 4-1, Table 4.1
   net_ft, net_fcft, configs/pascal_finetune.py (FT, FC-FT,   Tables 2.1-2.4, 4.2
   net_fiftyfifty      50-50 nets, trained as cnnjax.nets does)
-  sun397_ft/_fcft   configs/sun397_finetune.py               Table 2.2 (SUN)
+  sun397_pretrained configs/sun397_probe.py (SVMs on fc7)     Table 2.2 (SUN)
+  sun397_ft/_fcft   configs/sun397_finetune.py (test top-1)  Table 2.2 (SUN)
   gtbox_cls         configs/gtbox_cls.py                     Table 2.4
   analyses_<name>   configs/analyses.py:which=<name>         Tables 2.1, 3.1,
                                                              figs 2-1 .. 4-1, CKA
@@ -57,9 +58,10 @@ Measured (idle 2-core CPU, nothing cached: demo data generated, demo
 pretraining trained, 800-step finetunings), det_grid=reduced: 9.5 min
 wall, 16 CPU-minutes; per step pretrain 85 s (data generation included),
 net_ft 2.2 min (selective search on the 600 demo images included), net_fcft
-39 s, sun397_ft 33 s, sun397_fcft 18 s, gtbox_cls 16 s, analyses 34 s in
-all, pascal_cls_ablations 19 s, pascal_cls_snapshots 11 s, the first
-detection cell of a net ~70 s (its proposal features), every other ~10 s.
+39 s, sun397_pretrained 5 s (measured apart), sun397_ft 33 s, sun397_fcft
+18 s, gtbox_cls 16 s, analyses 34 s in all, pascal_cls_ablations 19 s,
+pascal_cls_snapshots 11 s, the first detection cell of a net ~70 s (its
+proposal features), every other ~10 s.
 A rerun of a finished study: seconds.
 
 Select steps with `only=` / `skip=` (`a+b`): a step name, a group (`net`,
@@ -105,12 +107,12 @@ ANALYSES = (('entropy', ('table2.1', 'fig2-1', 'fig2-2')),
 FINETUNED = ('ft', 'fcft', 'fiftyfifty')
 # Seconds per step, for the ETA: measured demo figures on the shared 2-core
 # CPU, and one-GPU estimates at full scale.
-DEMO_SECONDS = {'pretrain': 90, 'net': 130, 'sun397': 35, 'gtbox_cls': 16,
-                'analyses': 10, 'pascal_cls': 20, 'detect_first': 70,
-                'detect': 11}
+DEMO_SECONDS = {'pretrain': 90, 'net': 130, 'sun397': 35, 'sun397_probe': 5,
+                'gtbox_cls': 16, 'analyses': 10, 'pascal_cls': 20,
+                'detect_first': 70, 'detect': 11}
 FULL_SECONDS = {'pretrain': 260_000, 'net': 25_000, 'sun397': 12_000,
-                'gtbox_cls': 3_600, 'analyses': 3_600, 'pascal_cls': 3_600,
-                'detect_first': 10_800, 'detect': 3_600}
+                'sun397_probe': 1_800, 'gtbox_cls': 3_600, 'analyses': 3_600,
+                'pascal_cls': 3_600, 'detect_first': 10_800, 'detect': 3_600}
 PRETRAINING = config_lib.sibling_config_module(__file__,
                                                'imagenet_caffenet.py')
 
@@ -185,6 +187,14 @@ def get_config(arg=None):
     steps[f'net_{mode}'] = _step(
         'net', load('pascal_det.py', f'net={mode}'), seconds=seconds['net'],
         what=f'{mode} finetuning on VOC07 windows')
+  steps['sun397_pretrained'] = _step(
+      'classify', config_lib.load_sibling_config(
+          __file__, 'sun397_probe.py',
+          _args(runlocal=arg.runlocal, pretrained=arg.pretrained,
+                data_dir=arg.data_dir if arg.runlocal else arg.sun397_dir)),
+      workdir=os.path.join('sun397', 'pretrained'), produces=('table2.2',),
+      seconds=seconds['sun397_probe'],
+      what='SUN-397 linear SVMs on the pretrained fc7')
   for mode in ('ft', 'fcft'):
     sun = (f'mode={mode},runlocal,data_dir={arg.data_dir}' if arg.runlocal
            else f'mode={mode},init_from={arg.pretrained},'

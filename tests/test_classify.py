@@ -10,19 +10,23 @@ import csv
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 from sklearn import svm as sk_svm
 
+from cnnjax import checkpoints
 from cnnjax import classify
 from cnnjax import config_lib
 from cnnjax import metrics
 from cnnjax import nets as nets_lib
 from cnnjax.data import datasets
+from cnnjax.data import preprocess
 from cnnjax.data import synthetic
 from cnnjax.data import voc
 from cnnjax.features import store as store_lib
+from cnnjax.models import caffenet
 
 # Compiles are shared: every SVM fit has N <= 256 and (D, K) in
 # {(36, 3), (4, 3)} or {(180, 20), (20, 20)}; ablation chunks have 45 rows.
@@ -372,6 +376,124 @@ def test_config_errors_name_the_key():
   config.ablations = ('unroll', 'shuffle')
   with pytest.raises(ValueError, match='config.ablations'):
     classify.run(config, '/nonexistent')
+
+
+def _clusters(rng, num, num_classes, dim):
+  """Noisy ReLU features: class c's mean is high on unit c (overlapping)."""
+  classes = np.arange(num) % num_classes
+  features = np.maximum(0.0, rng.normal(size=(num, dim)) + 1.5 * (
+      classes[:, None] == np.arange(dim)))
+  return features.astype(np.float32), classes
+
+
+def test_sun397_probe_equals_sklearn_one_vs_rest():
+  """K one-vs-rest SVMs in one solve, argmax: as K LinearSVCs, argmax."""
+  rng = np.random.default_rng(3)
+  train_x, train_y = _clusters(rng, 150, 5, 8)
+  test_x, test_y = _clusters(rng, 100, 5, 8)
+  probe = classify.fit_probe(train_x, classify.box_labels(train_y, 5),
+                             svm=_TIGHT)
+  scores = classify.probe_scores(probe, test_x)
+  _, reference, _ = _reference_cell(
+      train_x, classify.box_labels(train_y, 5), test_x,
+      classify.box_labels(test_y, 5), 1e-6)
+  np.testing.assert_allclose(scores, reference,
+                             atol=0.01 * np.abs(reference).max())
+  predicted, expected = scores.argmax(1), reference.argmax(1)
+  assert np.mean(predicted == expected) >= 0.97
+  top1, mean_class = classify.multiclass_accuracy(scores, test_y)
+  assert top1 == pytest.approx(np.mean(predicted == test_y))
+  assert abs(top1 - np.mean(expected == test_y)) <= 0.03
+  assert mean_class == pytest.approx(np.mean(
+      [np.mean(predicted[test_y == k] == k) for k in range(5)]))
+  assert 0.5 < top1 < 1.0, top1        # learns, not trivially (chance 0.2)
+
+
+def test_multiclass_accuracy_hand_worked():
+  scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.6, 0.4]])
+  labels = np.array([0, 1, 1, 1])
+  # Hits: yes, yes, no, no -> 2/4; class 0: 1/1, class 1: 1/3.
+  assert classify.multiclass_accuracy(scores, labels) == pytest.approx(
+      (0.5, (1.0 + 1 / 3) / 2))
+
+
+def test_centre_crop_features_equal_a_direct_forward(tmp_path):
+  """10 images in batches of 8 (the last padded): the eval transform, in
+  source order, the padding dropped."""
+  model_kwargs = {'num_classes': 5, 'width': 0.0625}
+  params = caffenet.init_params(caffenet.CaffeNet(**model_kwargs),
+                                jax.random.key(0), 67)
+  checkpoints.save_params(str(tmp_path), params)
+  net = nets_lib.Net('pretrained', str(tmp_path), None, model_kwargs, 67, 5,
+                     None)
+  rng = np.random.default_rng(0)
+  source = [{'image': rng.integers(0, 256, (40 + i, 50, 3), np.uint8),
+             'label': i % 3} for i in range(10)]
+  mean = preprocess.mean_image(None, 72)
+  features, labels = classify.centre_crop_features(
+      net, source, 'fc7', batch_size=8, resize=72, mean=mean)
+  images = np.stack([preprocess.center_crop(preprocess.to_caffe_input(
+      preprocess.resize_ignore_aspect(e['image'], 72), mean), 67)
+                     for e in source])
+  _, out = caffenet.CaffeNet(**model_kwargs).apply(
+      {'params': params}, images, train=False)
+  np.testing.assert_allclose(features, np.asarray(out['fc7']), rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_array_equal(labels, [e['label'] for e in source])
+
+
+def _sun397_config():
+  return ml_collections.ConfigDict(dict(
+      task='classify', eval='sun397', layer='fc7',
+      input=dict(dataset='demo', data_dir='', resize=72, image_size=67,
+                 mean_path='', demo=dict(num_classes=3)),
+      nets=nets_lib.nets_config(pretrained='/p', input_size=67),
+      extract=dict(batch_size=8), svm=_TIGHT._asdict()))
+
+
+def test_sun397_probe_writes_and_reuses_its_summary(tmp_path, monkeypatch):
+  rng = np.random.default_rng(5)
+  data = {'train': _clusters(rng, 60, 3, 6), 'test': _clusters(rng, 30, 3, 6)}
+  net = nets_lib.Net('pretrained', '/p', None, {}, 67, 5, None)
+  extracted = []
+
+  class Source(list):
+    num_classes = 3
+
+  def source(name, split, data_dir, workdir, demo_options):
+    assert (name, data_dir, workdir) == ('demo', None, str(tmp_path))
+    assert demo_options == {'num_classes': 3}
+    return Source([split])
+
+  def features(net_, split_source, layer, *, batch_size, resize, mean):
+    assert (net_, layer, batch_size, resize) == (net, 'fc7', 8, 72)
+    assert mean.shape == (72, 72, 3)
+    extracted.append(split_source[0])
+    return data[split_source[0]]
+
+  monkeypatch.setattr(classify.nets_lib, 'resolve', lambda c, name, w: net)
+  monkeypatch.setattr(classify.sources, 'classification_source', source)
+  monkeypatch.setattr(classify, 'centre_crop_features', features)
+  config = _sun397_config()
+  summary = classify.run(config, str(tmp_path))
+  assert extracted == ['train', 'test']
+  probe = classify.fit_probe(data['train'][0],
+                             classify.box_labels(data['train'][1], 3),
+                             svm=_TIGHT)
+  top1, mean_class = classify.multiclass_accuracy(
+      classify.probe_scores(probe, data['test'][0]), data['test'][1])
+  assert summary['accuracy'] == pytest.approx(100 * top1)
+  assert summary['mean_class_accuracy'] == pytest.approx(100 * mean_class)
+  assert (summary['num_train'], summary['num_test'],
+          summary['num_classes']) == (60, 30, 3)
+  with open(tmp_path / classify.SUN397_SUMMARY) as f:
+    assert json.load(f) == summary
+  # A rerun reuses it; other SVM settings compute it again.
+  assert classify.run(config, str(tmp_path)) == summary
+  assert extracted == ['train', 'test']
+  config.svm.C = 1e-2
+  classify.run(config, str(tmp_path))
+  assert extracted == ['train', 'test'] * 2
 
 
 @pytest.mark.slow

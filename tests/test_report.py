@@ -1,7 +1,8 @@
 """The study report: completeness, ours beside the paper's, missing items.
 
-Runs on a synthetic workdir: table CSVs, detection summaries, a SUN-397
-metrics file and figure PNGs written here in the tasks' formats.
+Runs on a synthetic workdir: table CSVs, detection summaries, SUN-397
+metrics files and probe summary and figure PNGs written here in the tasks'
+formats.
 """
 
 import csv
@@ -58,11 +59,21 @@ def workdir(tmp_path):
                      entropy, columns, row_header='layer')
   _detection(root, 'ft', 'fc7', 'unroll', [float(k) for k in range(20)])
   _detection(root, 'ft', 'pool5', 'sp-max', [1.0] * 20)
-  os.makedirs(os.path.join(root, 'sun397/ft'))
-  with open(os.path.join(root, 'sun397/ft/metrics.jsonl'), 'w') as f:
-    f.write(json.dumps({'step': 200, 'val_top1': 0.25}) + '\n')
-    f.write(json.dumps({'step': 300, 'loss': 1.0}) + '\n')
-    f.write(json.dumps({'step': 400, 'val_top1': 0.4125}) + '\n')
+  # SUN-397: FT with its final test record, FC-FT still without one (val
+  # only), the pretrained net's linear SVMs.
+  for mode, final in (('ft', {'step': 400, 'test_top1': 0.4375}),
+                      ('fcft', None)):
+    os.makedirs(os.path.join(root, 'sun397', mode))
+    with open(os.path.join(root, 'sun397', mode, 'metrics.jsonl'), 'w') as f:
+      f.write(json.dumps({'step': 200, 'val_top1': 0.25}) + '\n')
+      f.write(json.dumps({'step': 300, 'loss': 1.0}) + '\n')
+      f.write(json.dumps({'step': 400, 'val_top1': 0.4125}) + '\n')
+      if final:
+        f.write(json.dumps(final) + '\n')
+  config_lib.write_json_atomic(
+      os.path.join(root, 'sun397/pretrained/summary.json'),
+      {'net': 'pretrained', 'layer': 'fc7', 'accuracy': 52.5,
+       'mean_class_accuracy': 52.25})
   for net in ('pretrained', 'ft'):
     path = os.path.join(root, f'analyses/subsets/fig3-5_overlap_{net}.png')
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -112,10 +123,13 @@ def test_ours_beside_the_papers(workdir):
   assert table_2_3['fc7/pretrained', 'mAP'] == ('', '45.5')
   assert _pairs(workdir, '4.2')['fc7/ft', 'tvmonitor'] == ('19', '64.7')
   assert _pairs(workdir, '5.2')['pool5/sp-max', 'mAP'] == ('1', '25.4')
-  # Table 2.2: detection mAP and the last SUN-397 validation top-1 (%).
+  # Table 2.2: detection mAP and SUN-397 test top-1 (%), the pretrained
+  # net's from its SVMs; a finetuning without its test record (val only) is
+  # missing, not filled with its val top-1.
   table_2_2 = _pairs(workdir, '2.2')
   assert table_2_2['fc7', 'detection_map/ft'] == ('9.5', '54.1')
-  assert table_2_2['fc7', 'sun397_accuracy/ft'] == ('41.25', '56.8')
+  assert table_2_2['fc7', 'sun397_accuracy/pretrained'] == ('52.5', '53.1')
+  assert table_2_2['fc7', 'sun397_accuracy/ft'] == ('43.75', '56.8')
   assert table_2_2['fc7', 'sun397_accuracy/fcft'] == ('', '56.2')
   # A blank (undefined) cell is computed, shown as n/d, not missing.
   table_2_1 = _pairs(workdir, '2.1')
@@ -129,6 +143,16 @@ def test_ours_beside_the_papers(workdir):
     pairs = _pairs(workdir, table)
     for (row, column), value in paper.paper_table(table).items():
       assert float(pairs[row, column][1]) == value
+
+
+def test_sun397_cells_of_the_three_nets(workdir):
+  with open(os.path.join(workdir, 'sun397/fcft/metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 400, 'test_top1': 0.375}) + '\n')
+  text = open(report.write_report(workdir)).read()
+  table_2_2 = _pairs(workdir, '2.2')
+  assert [table_2_2['fc7', f'sun397_accuracy/{net}'][0]
+          for net in ('pretrained', 'ft', 'fcft')] == ['52.5', '43.75', '37.5']
+  assert '40% test split' in text
 
 
 def test_markdown_rows_show_ours_then_the_paper(workdir):
@@ -148,7 +172,6 @@ def test_missing_items_name_the_command(workdir):
           f'configs/study.py:devkit_dir=...,pretrained=...,only=table3.1 '
           f'--workdir {workdir}`') in text
   assert '**Missing** rows pool5/pretrained, pool5/ft, fc6/ft' in text
-  assert ('(fc7, sun397_accuracy/pretrained): not computed here' in text)
   assert 'only=fig4-1 --workdir' in text
   # Not a demo workdir: no demo notice.
   assert 'not comparable' not in text

@@ -117,6 +117,9 @@ def test_full_scale_needs_pretrained_and_extracts_each_net_once():
                     'ft': ('pool5', 'fc6', 'fc7'), 'fcft': ('fc6', 'fc7'),
                     'fiftyfifty': ('pool5', 'fc7')}
   assert config.steps.sun397_ft.config.init_from == '/p'
+  probe = config.steps.sun397_pretrained.config
+  assert (probe.nets.pretrained, probe.input.dataset, probe.input.data_dir) == (
+      '/p', 'sun397', '/sun')
   assert config.steps.net_ft.config.data.devkit_dir == '/voc'
   pretrain = _study_config('pretrained=/p,pretrain').steps.pretrain
   assert (pretrain.workdir, pretrain.config.total_steps) == ('/p', 310_000)
@@ -131,9 +134,11 @@ def test_select_by_name_group_and_product(demo_config):
   assert selected(only=('fig4-1', 'sun397_fcft')) == [
       'pretrain', 'sun397_fcft', 'analyses_dynamics']
   left = selected(skip=('detect', 'analyses', 'pretrain'))
-  assert left == ['net_ft', 'net_fcft', 'net_fiftyfifty', 'sun397_ft',
-                  'sun397_fcft', 'gtbox_cls', 'pascal_cls_ablations',
-                  'pascal_cls_snapshots']
+  assert left == ['net_ft', 'net_fcft', 'net_fiftyfifty', 'sun397_pretrained',
+                  'sun397_ft', 'sun397_fcft', 'gtbox_cls',
+                  'pascal_cls_ablations', 'pascal_cls_snapshots']
+  assert selected(only=('sun397',)) == ['sun397_pretrained', 'sun397_ft',
+                                        'sun397_fcft']
   with pytest.raises(ValueError, match="'table9.9' matches no step.*groups"):
     selected(only=('table9.9',))
 
@@ -201,13 +206,21 @@ def test_failed_step_is_recorded_and_the_others_run(tmp_path, recorder):
 
 def test_demo_steps_reach_their_tasks(tmp_path, demo_config, recorder):
   config = ml_collections.ConfigDict(demo_config.to_dict())
-  config.only = ('net_fcft', 'sun397_ft', 'detect_fiftyfifty_fc7')
+  config.only = ('net_fcft', 'sun397_pretrained', 'sun397_ft',
+                 'detect_fiftyfifty_fc7')
   study.run(config, str(tmp_path))
-  (net, net_config, net_dir), (train, sun, sun_dir), (detect, det, det_dir) = (
-      recorder.calls)
+  ((net, net_config, net_dir), (classify, probe, probe_dir),
+   (train, sun, sun_dir), (detect, det, det_dir)) = recorder.calls
   assert (net, net_config.net, net_dir) == ('net', 'fcft', str(tmp_path))
+  # The probe sees the finetunings' data and preprocessing, from the
+  # pretrained net they start from.
+  assert (classify, probe.eval, probe_dir) == (
+      'classify', 'sun397', str(tmp_path / 'sun397' / 'pretrained'))
+  assert probe.input == sun.input
+  assert probe.nets.pretrained == sun.init_from
   assert (train, sun.input.dataset, sun_dir) == (
       'train', 'demo', str(tmp_path / 'sun397' / 'ft'))
+  assert sun.eval.final_split == 'test'
   assert (detect, det.net, det.layer, det_dir) == (
       'detect', 'fiftyfifty', 'fc7', str(tmp_path))
   plan = json.loads((tmp_path / 'study/study.json').read_text())

@@ -149,5 +149,17 @@ def test_demo_classification(tmp_path):
   assert train[0]['image'].std() > 10
   with pytest.raises(FileNotFoundError, match="split 'test' not found"):
     synthetic.DemoClassificationSource(path, 'test')
+  # The SUN-397 stand-in's test split (50/10/40 per class) joins the same
+  # folder on request; train and val are left as they were.
+  before = np.asarray(train.images).copy()
+  assert synthetic.demo_classification(str(tmp_path / 'a'), num_workers=0,
+                                       test=True, **kwargs) == path
+  test = synthetic.DemoClassificationSource(path, 'test')
+  np.testing.assert_array_equal(np.bincount(test.labels), np.full(48, 2))
+  np.testing.assert_array_equal(
+      np.asarray(synthetic.DemoClassificationSource(path, 'train').images),
+      before)
+  seen = {train[i]['image'].tobytes() for i in range(len(train))}
+  assert not seen & {test[i]['image'].tobytes() for i in range(len(test))}
   with pytest.raises(ValueError, match='num_classes'):
     synthetic.demo_classification(str(tmp_path), num_classes=49)

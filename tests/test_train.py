@@ -228,6 +228,44 @@ def test_metrics_and_evaluation_records(reference_run):
       [correct[labels == c].mean() for c in np.unique(labels)]))
 
 
+def final_data():
+  """The final split: one batch, its last 2 rows padding."""
+  batch = next(random_batches(200))
+  return [dict(batch, mask=np.arange(BATCH) < 6)]
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_final_split_is_evaluated_once_at_the_end(tmp_path):
+  config = tiny_config(**REFERENCE)
+  config.eval.final_split = 'test'
+  workdir = str(tmp_path)
+  params = train.train(config, workdir, random_batches, eval_data=eval_data,
+                       final_data=final_data)
+  finals = [r for r in _records(workdir) if 'test_top1' in r]
+  assert [(r['step'], r['test_examples']) for r in finals] == [(4, 6)]
+  batch = final_data()[0]
+  logits, _ = train.build_model(config).apply(
+      {'params': params}, batch['image'][:6], train=False)
+  assert finals[0]['test_top1'] == pytest.approx(
+      np.mean(np.argmax(logits, -1) == batch['label'][:6]))
+  assert not train.final_eval_pending(config, workdir, 4)
+
+  # A run that finished without its final record (trained before the
+  # config asked for it) gets it when run again, once.
+  kept = [r for r in _records(workdir) if 'test_top1' not in r]
+  with open(os.path.join(workdir, train.METRICS_FILE), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  assert train.final_eval_pending(config, workdir, 4)
+  for _ in range(2):
+    train.train(config, workdir, random_batches, eval_data=eval_data,
+                final_data=final_data)
+  assert _records(workdir) == kept + finals
+
+
 def test_merge_pretrained_drops_checks_and_names_parameters():
   fresh = {'conv1': {'kernel': np.zeros((2, 3), np.float32),
                      'bias': np.zeros(3, np.float32)},

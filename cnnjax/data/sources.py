@@ -254,7 +254,8 @@ def classification_source(name: str, split: str, data_dir: str | None = None,
     name: 'demo' (generated, see `synthetic.demo_classification`),
       'imagenet2012' (TFDS, manual download) or 'sun397' (TFDS, the study's
       split).
-    split: 'train' or 'val'; also 'test' for 'sun397'.
+    split: 'train' or 'val'; also 'test' for 'sun397' and 'demo' (its
+      stand-in).
     data_dir: TFDS data dir, or the demo cache root for 'demo'.
     workdir: where the SUN-397 split is recorded.
     seed: the SUN-397 split seed.
@@ -269,7 +270,8 @@ def classification_source(name: str, split: str, data_dir: str | None = None,
     DatasetNotPreparedError: see `tfds_source`.
   """
   if name == 'demo':
-    path = synthetic.demo_classification(data_dir, **(demo_options or {}))
+    path = synthetic.demo_classification(data_dir, test=split == 'test',
+                                         **(demo_options or {}))
     return synthetic.DemoClassificationSource(path, split)
   if name == 'imagenet2012':
     if split not in _IMAGENET_SPLITS:

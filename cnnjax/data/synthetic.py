@@ -1007,16 +1007,23 @@ def _classification_chunk(job: tuple) -> None:
   images.flush()
 
 
+# Seeds of each split's images: a split's images never depend on the others.
+_CLASSIFICATION_SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
+
+
 def demo_classification(data_dir: str | None = None, *, seed: int = 0,
                         num_classes: int = 48, per_class: int = 100,
-                        image_size: int = 64,
+                        image_size: int = 64, test: bool = False,
                         num_workers: int | None = None) -> str:
   """The demo classification dataset (generated if absent).
 
   Stored compactly: `<split>_images.npy` uint8 [N, S, S, 3] RGB and
   `<split>_labels.npy` int32 [N] for split 'train' (`per_class` images per
   class) and 'val' (`max(1, per_class // 5)` per class), plus `classes.json`;
-  read it with `DemoClassificationSource`.
+  read it with `DemoClassificationSource`. With `test`, also 'test'
+  (`max(1, per_class * 4 // 5)` per class: the study's SUN-397 split is
+  50/10/40), added to the folder on the first call that asks for it, so
+  the sets that never need one (the demo pretraining) are not made larger.
 
   Args:
     data_dir: cache root (default `default_data_dir()`).
@@ -1024,6 +1031,7 @@ def demo_classification(data_dir: str | None = None, *, seed: int = 0,
     num_classes: the first `num_classes` of `classification_classes()`.
     per_class: training images per class.
     image_size: side S of the square images.
+    test: also generate the 'test' split.
     num_workers: generator processes (default: the cores, at most 8); the
       output does not depend on it.
 
@@ -1041,29 +1049,48 @@ def demo_classification(data_dir: str | None = None, *, seed: int = 0,
   name = (f'demo_cls_v{GENERATOR_VERSION}_seed{seed}_classes{num_classes}_'
           f'per{per_class}_{image_size}px')
   root = os.path.join(data_dir or default_data_dir(), name)
-  counts = {'train': per_class, 'val': max(1, per_class // 5)}
+  counts = {'train': per_class, 'val': max(1, per_class // 5),
+            'test': max(1, per_class * 4 // 5)}
 
-  def build(tmp_root: str) -> None:
+  def generate(folder: str, splits: Sequence[str]) -> None:
     jobs = []
-    for split_code, (split, count) in enumerate(counts.items()):
-      labels = np.tile(np.arange(num_classes, dtype=np.int32), count)  # [N]
-      np.save(os.path.join(tmp_root, f'{split}_labels.npy'), labels)
-      images_path = os.path.join(tmp_root, f'{split}_images.npy')
+    for split in splits:
+      labels = np.tile(np.arange(num_classes, dtype=np.int32),
+                       counts[split])                              # [N]
+      np.save(os.path.join(folder, f'{split}_labels.npy'), labels)
+      images_path = os.path.join(folder, f'{split}_images.npy')
       np.lib.format.open_memmap(
           images_path, mode='w+', dtype=np.uint8,
           shape=(len(labels), image_size, image_size, 3)).flush()
       jobs += [(images_path, labels[start:start + _CLASSIFICATION_CHUNK],
-                names, seed, split_code, start, image_size)
+                names, seed, _CLASSIFICATION_SPLIT_CODES[split], start,
+                image_size)
                for start in range(0, len(labels), _CLASSIFICATION_CHUNK)]
     workers.map_in_processes(
         _classification_chunk, jobs, num_workers=_default_workers(num_workers),
-        what=f'generating {name}', sizes=[len(job[1]) for job in jobs])
+        what=f'generating {name} {"+".join(splits)}',
+        sizes=[len(job[1]) for job in jobs])
+
+  def build(tmp_root: str) -> None:
+    generate(tmp_root, ('train', 'val'))
     with open(os.path.join(tmp_root, 'classes.json'), 'w') as f:
       json.dump({'class_names': list(names), 'image_size': image_size,
-                 'seed': seed, 'per_class': counts,
+                 'seed': seed,
+                 'per_class': {s: counts[s] for s in ('train', 'val')},
                  'generator_version': GENERATOR_VERSION}, f, indent=2)
 
-  return _build_atomically(root, build)
+  _build_atomically(root, build)
+  if test and not os.path.isfile(os.path.join(root, 'test_images.npy')):
+    tmp_dir = tempfile.mkdtemp(prefix='test.tmp', dir=root)
+    try:
+      generate(tmp_dir, ('test',))
+      # The images last: their file is what marks the split present.
+      for kind in ('labels', 'images'):
+        os.replace(os.path.join(tmp_dir, f'test_{kind}.npy'),
+                   os.path.join(root, f'test_{kind}.npy'))
+    finally:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+  return root
 
 
 class DemoClassificationSource:
@@ -1077,7 +1104,7 @@ class DemoClassificationSource:
   def __init__(self, path: str, split: str):
     """Args:
       path: the folder `demo_classification` returned.
-      split: 'train' or 'val'.
+      split: 'train', 'val' or 'test' (if generated).
 
     Raises:
       FileNotFoundError: the folder or the split's files are missing.
@@ -1086,7 +1113,8 @@ class DemoClassificationSource:
     if not os.path.isfile(images_path):
       raise FileNotFoundError(
           f'demo classification split {split!r} not found: {images_path} '
-          "(splits are 'train' and 'val'; generate with demo_classification)")
+          "(splits are 'train', 'val' and, generated with test=True, "
+          "'test'; generate with demo_classification)")
     with open(os.path.join(path, 'classes.json')) as f:
       self.class_names = tuple(json.load(f)['class_names'])
     self.num_classes = len(self.class_names)
