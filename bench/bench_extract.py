@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
 
+from cnnjax import sharding  # noqa: E402
 from cnnjax.data import images as images_lib  # noqa: E402
 from cnnjax.data import regions  # noqa: E402
 from cnnjax.data.voc import VocImage  # noqa: E402
@@ -92,8 +93,8 @@ def main():
     warp = _common.time_runs(lambda: np.asarray(regions.warp_regions(
         decoded, chunk, size=args.size, context=context)), runs=args.runs)
 
-    mesh = jax.make_mesh((jax.device_count(),), ('data',))
-    forward = extract._forward_fn(  # pylint: disable=protected-access
+    mesh = sharding.data_mesh()   # extract_features' mesh: one compile
+    forward = extract.forward_fn(
         tuple(sorted(model_kwargs.items())), layers, mesh)
     device_params = jax.device_put(params, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))

@@ -595,7 +595,7 @@ def centre_crop_features(net: nets_lib.Net, source: Sequence[dict],
   """
   mesh = sharding.data_mesh()
   # The feature extractor's cached forward (only `layer` is computed).
-  forward = extract._forward_fn(  # pylint: disable=protected-access
+  forward = extract.forward_fn(
       tuple(sorted(net.model_kwargs.items())), (layer,), mesh)
   batch_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec('data'))

@@ -168,7 +168,7 @@ def proposal_boxes(images: Sequence[VocImage],
 
 
 @functools.lru_cache(maxsize=None)
-def _forward_fn(model_items: tuple, layers: tuple[str, ...],
+def forward_fn(model_items: tuple, layers: tuple[str, ...],
                 mesh: jax.sharding.Mesh) -> Callable:
   """The jitted data-parallel forward for one (model, layers, mesh), cached.
 
@@ -316,7 +316,7 @@ def extract_features(params: Union[Any, str],
   batches = [(k, row, min(row + batch_size, stop))
              for k in todo for start, stop in [writer.shard_range(k)]
              for row in range(start, stop, batch_size)]
-  forward = _forward_fn(tuple(sorted(model_kwargs.items())), layers, mesh)
+  forward = forward_fn(tuple(sorted(model_kwargs.items())), layers, mesh)
   batch_sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec('data'))
   device_params = jax.device_put(params, jax.sharding.NamedSharding(
