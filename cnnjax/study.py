@@ -33,6 +33,7 @@ import ml_collections
 
 from cnnjax import config_lib
 from cnnjax import nets
+from cnnjax import progress as progress_lib
 from cnnjax import tasks
 from cnnjax.reporting import report
 
@@ -107,11 +108,6 @@ def step_workdir(workdir: str, step: ml_collections.ConfigDict) -> str:
                                        os.path.expanduser(step.workdir)))
 
 
-def _clock(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
 class _Progress:
   """Step i of n with the elapsed time and an ETA.
 
@@ -130,8 +126,9 @@ class _Progress:
     elapsed = time.monotonic() - self._start
     speed = self._actual / self._planned if self._planned else 1.0
     left = speed * sum(self._expected[n] for n in names[index:])
+    clock = progress_lib.format_seconds
     line = (f'study: step {index + 1}/{len(names)} {names[index]} ({what}); '
-            f'{_clock(elapsed)} elapsed, ETA {_clock(left)}')
+            f'{clock(elapsed)} elapsed, ETA {clock(left)}')
     logging.info(line)
     print(line, flush=True)
 
@@ -211,7 +208,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           {'step': name, 'task': step.task, 'fingerprint': fingerprint(step),
            'seconds': round(seconds, 1),
            'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
-    print(f'study: step {name} done in {_clock(seconds)}', flush=True)
+    print(f'study: step {name} done in '
+          f'{progress_lib.format_seconds(seconds)}', flush=True)
 
   path = report.write_report(workdir) if writer else ''
   print(f'study: report {path}', flush=True)

@@ -49,6 +49,7 @@ import optax
 
 from cnnjax import checkpoints
 from cnnjax import optim
+from cnnjax import progress as progress_lib
 from cnnjax import sharding as sharding_lib
 from cnnjax.data import datasets
 from cnnjax.data import preprocess
@@ -322,8 +323,8 @@ class _Progress:
     return record
 
   def eta(self, step: int) -> str:
-    seconds = int((self.total_steps - step) * (self.seconds_per_step or 0))
-    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+    return progress_lib.format_seconds(
+        (self.total_steps - step) * (self.seconds_per_step or 0))
 
 
 def _json_safe(config: ml_collections.ConfigDict) -> dict:
