@@ -98,8 +98,11 @@ def aue_histograms(path: str, aue: Mapping[str, Mapping[str, np.ndarray]], *,
     values = np.concatenate([np.asarray(aue[n][layer]) for n in nets])
     edges = np.histogram_bin_edges(values, bins=bins)
     for net in nets:
+      # Line styles as fig 2-2's: where nets coincide (FC-FT is the
+      # pretrained net below fc6) both stay visible.
       ax.hist(aue[net][layer], bins=edges, histtype='step', lw=1.5,
-              color=_color(net), label=_label(net))
+              color=_color(net), linestyle=NET_STYLES.get(net, '-'),
+              label=_label(net))
     ax.set_title(layer, fontsize=10)
     ax.set_xlabel('AuE (bits)')
     ax.set_ylabel('filters')
