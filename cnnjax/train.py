@@ -24,7 +24,10 @@ Outputs in the workdir: `checkpoints/` (see cnnjax.checkpoints) and
 `config.eval.final_split` set (SUN-397's test split), the last step also
 gets one record of that split, the same keys under its name (`test_top1`,
 ...); a run found finished without it (trained before, or killed between
-its last checkpoint and that record) is evaluated when run again.
+its last checkpoint and that record) is evaluated when run again. With
+`config.tensorboard=True` (needs the `tensorboard` extra, tensorboardX) the
+same scalars also go to TensorBoard event files in `<workdir>/tensorboard`
+(`tensorboard --logdir <workdir>`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ TrainData = Callable[[int], Iterator[Batch]]
 EvalData = Callable[[], Iterable[Batch]]
 
 METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -265,15 +269,18 @@ def _check_divisible(batch_size: int, mesh: jax.sharding.Mesh, key: str):
 
 
 class _MetricsLog:
-  """metrics.jsonl in the workdir, trimmed to `start_step` on (re)start.
+  """metrics.jsonl in the workdir, trimmed to `start_step` on (re)start;
+  optionally the same scalars as TensorBoard events in `<workdir>/tensorboard`.
 
   A run killed after its last checkpoint logged steps it will redo; they are
-  dropped so the file reads as one run.
+  dropped so the file reads as one run (and purged from TensorBoard's view).
   """
 
-  def __init__(self, workdir: str, start_step: int, enabled: bool):
+  def __init__(self, workdir: str, start_step: int, enabled: bool,
+               tensorboard: bool = False):
     self.path = os.path.join(workdir, METRICS_FILE)
     self.enabled = enabled
+    self.writer = None
     if not enabled:
       return
     kept = []
@@ -285,11 +292,38 @@ class _MetricsLog:
     with open(tmp, 'w') as f:
       f.writelines(kept)
     os.replace(tmp, self.path)
+    if tensorboard:
+      self.writer = tensorboard_writer(os.path.join(workdir, TENSORBOARD_DIR),
+                                       purge_step=start_step + 1)
 
   def write(self, record: dict) -> None:
-    if self.enabled:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record, sort_keys=True) + '\n')
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record, sort_keys=True) + '\n')
+    if self.writer is not None:
+      for key, value in record.items():
+        if key != 'step' and isinstance(value, (int, float)):
+          self.writer.add_scalar(key, value, record['step'])
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def tensorboard_writer(logdir: str, purge_step: Optional[int] = None):
+  """A TensorBoard event writer (tensorboardX: no TensorFlow needed).
+
+  Raises:
+    ImportError: tensorboardX is absent, with how to install it.
+  """
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("config.tensorboard=True needs tensorboardX: pip "
+                      "install 'cnnjax[tensorboard]'") from e
+  return tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
 
 
 class _Progress:
@@ -451,7 +485,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                           in_shardings=(replicated, data_sharding),
                           out_shardings=replicated,
                           compiler_options=caffenet.compiler_options())
-    metrics_log = _MetricsLog(workdir, start_step, enabled=is_main)
+    metrics_log = _MetricsLog(workdir, start_step, enabled=is_main,
+                              tensorboard=config.get('tensorboard', False))
 
     def final_eval(step):
       split = config.eval.final_split
@@ -466,6 +501,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if final_data is not None and final_eval_pending(config, workdir,
                                                        start_step):
         final_eval(start_step)
+      metrics_log.close()
       return params
 
     train_step = jax.jit(
@@ -538,6 +574,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       close = getattr(batches, 'close', None)
       if close is not None:
         close()
+      metrics_log.close()
       checkpointer.wait_until_finished()
   return params
 

@@ -93,6 +93,7 @@ def get_config(arg=None):
   config.checkpoint_every = 5_000
   config.keep_steps = SNAPSHOTS
   config.log_every = 100
+  config.tensorboard = False  # True: TensorBoard events too ([tensorboard])
 
   if arg.runlocal:
     config.model.update(num_classes=config.input.demo.num_classes,

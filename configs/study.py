@@ -68,12 +68,13 @@ Select steps with `only=` / `skip=` (`a+b`): a step name, a group (`net`,
 `sun397`, `analyses`, `pascal_cls`, `detect`) or a product (`table2.3`,
 `fig3-1`, `cka`); e.g. `only=table2.4` runs what Table 2.4 needs.
 
-Args: runlocal, only, skip, det_grid (full|reduced; reduced: detection with
-the pretrained and FT nets only), keep_going (a failed step is recorded and the study
-goes on; the run fails at the end), pretrain (train `pretrained` first at
-full scale), voc, devkit_dir, tfds_data_dir, data_dir (demo cache root),
-pretrained, imagenet_dir (TFDS data dir of imagenet2012), sun397_dir (TFDS
-data dir of sun397), mean_path, proposals_mat.
+Args: runlocal, only, skip, det_grid (full|reduced; reduced: detection
+with the pretrained and FT nets only), keep_going (a failed step is
+recorded and the study goes on; the run fails at the end), pretrain
+(train `pretrained` first at full scale), voc, devkit_dir, tfds_data_dir,
+data_dir (demo cache root), pretrained, imagenet_dir (TFDS data dir of
+imagenet2012), sun397_dir (TFDS data dir of sun397), mean_path,
+proposals_mat.
 """
 
 import os

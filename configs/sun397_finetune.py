@@ -91,6 +91,7 @@ def get_config(arg=None):
   config.checkpoint_every = 5_000
   config.keep_steps = ()
   config.log_every = 100
+  config.tensorboard = False  # True: TensorBoard events too ([tensorboard])
 
   if arg.runlocal:
     pretrain_dir, pretrain = PRETRAINING.demo_run(arg.data_dir)

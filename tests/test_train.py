@@ -396,3 +396,38 @@ def test_xavier_filler_redraws_hidden_kernels_and_keeps_fc8():
                                  err_msg=name)
     else:  # biases and the classifier keep Caffe's init
       np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def _tensorboard_scalars(logdir):
+  """(tag, step) -> value over every event file: TFRecord framing read by
+  hand, Event protos parsed with tensorboardX's compiled schema."""
+  event_pb2 = pytest.importorskip('tensorboardX.proto.event_pb2')
+  scalars = {}
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      length = int.from_bytes(data[offset:offset + 8], 'little')
+      event = event_pb2.Event.FromString(
+          data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4          # length, its crc, data, data crc
+      for value in event.summary.value:
+        scalars[value.tag, event.step] = value.simple_value
+  return scalars
+
+
+def test_tensorboard_events_mirror_the_metrics_records(tmp_path):
+  pytest.importorskip('tensorboardX')
+  config = tiny_config(**REFERENCE, tensorboard=True)
+  workdir = str(tmp_path)
+  train.train(config, workdir, random_batches, eval_data=eval_data)
+  scalars = _tensorboard_scalars(os.path.join(workdir, train.TENSORBOARD_DIR))
+  want = {(key, r['step']): value for r in _records(workdir)
+          for key, value in r.items() if key != 'step'}
+  assert set(scalars) == set(want)
+  for key, value in want.items():
+    assert scalars[key] == pytest.approx(value, rel=1e-6)
+  # The flag is not part of the recipe: an existing run may turn it on.
+  assert train.recipe_fingerprint(config) == train.recipe_fingerprint(
+      tiny_config(**REFERENCE))
