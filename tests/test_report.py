@@ -6,6 +6,7 @@ formats.
 """
 
 import csv
+import html
 import json
 import os
 
@@ -108,6 +109,24 @@ def test_every_table_and_figure_is_in_the_report(workdir):
   with open(os.path.join(workdir, 'report/figures/fig3-5_overlap_ft.png'),
             'rb') as f:
     assert f.read() == _PNG
+
+
+def test_html_page_holds_every_table_and_figure_of_the_markdown(workdir):
+  text = open(report.write_report(workdir)).read()
+  page = open(os.path.join(workdir, 'report', 'index.html')).read()
+  assert page.startswith('<!DOCTYPE html>') and page.endswith('</html>\n')
+  markdown_tables = sum(1 for a, b in zip(text.splitlines(),
+                                          text.splitlines()[1:])
+                        if a.startswith('| ') and b.startswith('|---'))
+  assert page.count('<table>') == markdown_tables >= 2
+  for heading in (line[3:] for line in text.splitlines()
+                  if line.startswith('## ')):
+    assert f'<h2>{html.escape(heading, quote=False)}</h2>' in page
+  # Figures keep their relative links, so the page shows them too.
+  assert ('<img src="figures/fig3-5_overlap_ft.png" '
+          'alt="fig3-5_overlap_ft.png" />') in page
+  # Markdown markup is rendered, not shown.
+  assert '**' not in page and '|---|' not in page
 
 
 def test_ours_beside_the_papers(workdir):

@@ -5,6 +5,7 @@ tables and summaries of the detect, classify, analyze and train tasks; see
 each task's module docstring for its files) and writes
 
   <workdir>/report/index.md              the report
+  <workdir>/report/index.html            the same, for a browser
   <workdir>/report/figures/*.png         the figures, copied beside it
   <workdir>/report/tables/table_<id>.csv every (row, column) of a seed
                                          table: ours, paper
@@ -35,6 +36,8 @@ import os
 import shutil
 import time
 from typing import Callable, Mapping, Optional, Sequence
+
+from markdown_it import MarkdownIt
 
 from cnnjax.data.voc import VOC_CLASSES
 from cnnjax.models import caffenet
@@ -513,13 +516,37 @@ def write_report(workdir: str) -> str:
   head.append('## Study steps\n')
   head += _step_status(workdir, record)
   text = '\n'.join(head + sections)
-  path = os.path.join(out_dir, 'index.md')
   os.makedirs(out_dir, exist_ok=True)
+  _write_atomic(os.path.join(out_dir, 'index.html'), html_page(text))
+  path = os.path.join(out_dir, 'index.md')
+  _write_atomic(path, text)
+  return path
+
+
+_HTML_STYLE = ('body{font-family:sans-serif;max-width:1400px;margin:auto;'
+               'padding:1em}table{border-collapse:collapse;font-size:90%}'
+               'td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}'
+               'td:first-child,th:first-child{text-align:left}'
+               'tr:nth-child(4n+3),tr:nth-child(4n+4){background:#f4f4f4}'
+               'img{max-width:100%}blockquote{background:#fff4e0;'
+               'margin:0;padding:0.5em 1em}')
+
+
+def html_page(markdown_text: str) -> str:
+  """The report's markdown as one self-contained HTML page (figures are
+  the same relative links as in index.md)."""
+  body = MarkdownIt('commonmark').enable('table').render(markdown_text)
+  return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+          '<title>cnnjax report</title>'
+          f'<style>{_HTML_STYLE}</style></head>\n<body>\n{body}'
+          '</body></html>\n')
+
+
+def _write_atomic(path: str, text: str) -> None:
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)
-  return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
