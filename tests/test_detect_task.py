@@ -131,3 +131,46 @@ def test_rerun_reuses_every_step_and_box_regression_is_separate(
   config.bbox_reg.min_overlap = 0.7
   task.run(config, workdir)
   assert sorted(calls) == ['regress_candidates', 'train_box_regressors']
+
+
+VOC_MINI = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                        'data', 'voc_mini', 'VOCdevkit')
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(VOC_MINI),
+                    reason=f'voc_mini fixture absent at {VOC_MINI}')
+def test_full_scale_path_on_voc_mini_with_imported_weights(tmp_path):
+  """The full-scale recipe end to end (~3 min): real VOC2007 files, R-CNN's
+  selective search (~2,000 boxes per image), Caffe weights through the
+  import tool (random here: the released ones cannot be downloaded), 227 px
+  warps of the full-width net, mining, NMS, box regression, devkit files."""
+  import caffe_numpy_reference as ref  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from cnnjax.models import caffenet  # pylint: disable=g-import-not-at-top
+  from cnnjax.tools import import_caffe  # pylint: disable=g-import-not-at-top
+
+  shapes = jax.eval_shape(
+      caffenet.CaffeNet(num_classes=1000).init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, 227, 227, 3), np.float32))['params']
+  weights = ref.random_caffe_params(np.random.default_rng(0), shapes)
+  np.save(tmp_path / 'caffenet.npy',
+          {name: [w, b] for name, (w, b) in weights.items()},
+          allow_pickle=True)
+  np.save(tmp_path / 'mean.npy', np.full((3, 256, 256), 117.0, np.float32))
+  imported = str(tmp_path / 'caffenet')
+  import_caffe.main(['--npy', str(tmp_path / 'caffenet.npy'), '--mean',
+                     str(tmp_path / 'mean.npy'), '--out', imported])
+
+  config = _config(f'devkit_dir={VOC_MINI},pretrained={imported},'
+                   f'mean_path={imported}/mean.npy,layer=pool5,bbox_reg')
+  assert config.extract.layers == ('pool5',) and not config.runlocal
+  summary = task.run(config, str(tmp_path / 'work'))
+  assert summary['net'] == 'pretrained' and summary['layer'] == 'pool5'
+  assert summary['proposals_per_image'] > 1000
+  assert len(summary['ap']) == 20 and np.isfinite(summary['mAP'])
+  assert 0 <= summary['chance_mAP'] < 100
+  out_dir = tmp_path / 'work' / 'detect' / 'pretrained-pool5-unroll'
+  for name in ('ap.md', 'pr.png', 'results/comp4_det_test_person.txt'):
+    assert (out_dir / name).exists(), name
+  assert summary['bbox_reg_summary']['bbox_reg']
