@@ -9,6 +9,12 @@ class structure, scaled to mean norm 20 as R-CNN does. Prints JSON per D:
 seconds for K classes (jax: median of --runs after a compiling run, which
 is reported separately; sklearn: one run), the speed ratio, the relative
 difference of the primal objectives, and the test mAP of both.
+
+`subsets` (unless --subsets-dim 0): the filter-subset experiment's retrained
+SVMs (seeds fig 3-4, `analysis.subsets`): each class's top-k features by
+|w| of its full SVM, for every k of `subsets.SUBSET_SIZES`, S x K problems
+in one `probes.fit_linear_svm_subsets` solve, against sklearn fitting each
+(k, class) problem on its own feature columns.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 
 from cnnjax import metrics
 from cnnjax.analysis import probes
+from cnnjax.analysis import subsets
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,6 +41,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument('--runs', type=int, default=3,
                       help='timed jax runs (median reported)')
   parser.add_argument('--tol', type=float, default=0.1)
+  parser.add_argument('--subsets-dim', type=int, default=256,
+                      help='features of the subsets section (pool5 filters); '
+                      '0 skips it')
   parser.add_argument('--seed', type=int, default=0)
   return parser.parse_args()
 
@@ -48,19 +58,62 @@ def synthetic_features(rng, num, dim, centres):
   return features, labels
 
 
+def problem(rng, args, dim):
+  """Scaled train / test features and one-vs-rest targets of K classes."""
+  centres = rng.normal(size=(args.classes, dim))
+  train_x, train_labels = synthetic_features(rng, args.n, dim, centres)
+  test_x, test_labels = synthetic_features(rng, args.n_test, dim, centres)
+  scale = probes.scale_features(train_x)
+  classes = np.arange(args.classes)
+  train_y = np.where(train_labels[:, None] == classes, 1.0, -1.0)
+  test_y = np.where(test_labels[:, None] == classes, 1, -1)
+  return train_x * scale, train_y, test_x * scale, test_y
+
+
+def subsets_section(rng, args) -> dict:
+  """The S x K retrained subset SVMs: one batched solve vs sklearn's loop."""
+  train_x, train_y, _, _ = problem(rng, args, args.subsets_dim)
+  weights, _ = probes.fit_linear_svm(train_x, train_y, tol=args.tol,
+                                     seed=args.seed)
+  sizes = subsets.subset_sizes(args.subsets_dim)
+  masks = subsets.subset_masks(subsets.rank_filters(weights), sizes)
+
+  def fit_jax():
+    return jax.block_until_ready(probes.fit_linear_svm_subsets(
+        train_x, train_y, masks, tol=args.tol, seed=args.seed))
+
+  start = time.perf_counter()
+  fit_jax()
+  first_s = time.perf_counter() - start
+  timing = _common.time_runs(fit_jax, runs=args.runs, warmup=0)
+  subset_w, subset_b = fit_jax()
+  _common.log(f'subsets: jax {timing["median_s"]:.2f}s for '
+              f'{masks.shape[0] * args.classes} SVMs')
+  start = time.perf_counter()
+  rel_diffs = []
+  for s, mask in enumerate(masks):                           # [F, K]
+    sk_w, sk_b = probes.fit_linear_svm_sklearn(
+        train_x, train_y, feature_mask=mask > 0, tol=args.tol, seed=args.seed)
+    ours = probes.primal_objective(subset_w[s], subset_b[s], train_x, train_y)
+    ref = probes.primal_objective(sk_w, sk_b, train_x, train_y)
+    rel_diffs.append((ours - ref) / ref)
+  sklearn_s = time.perf_counter() - start
+  _common.log(f'subsets: sklearn {sklearn_s:.2f}s')
+  rel_diffs = np.concatenate(rel_diffs)
+  return {'n': args.n, 'dim': args.subsets_dim, 'classes': args.classes,
+          'sizes': sizes.tolist(), 'svms': int(masks.shape[0] * args.classes),
+          'jax_s': timing['median_s'], 'jax_first_call_s': first_s,
+          'sklearn_s': sklearn_s, 'speedup': sklearn_s / timing['median_s'],
+          'objective_rel_diff_mean': float(rel_diffs.mean()),
+          'objective_rel_diff_max': float(np.abs(rel_diffs).max())}
+
+
 def main() -> None:
   args = parse_args()
   rng = np.random.default_rng(args.seed)
   results = []
   for dim in (int(d) for d in args.dims.split(',')):
-    centres = rng.normal(size=(args.classes, dim))
-    train_x, train_labels = synthetic_features(rng, args.n, dim, centres)
-    test_x, test_labels = synthetic_features(rng, args.n_test, dim, centres)
-    scale = probes.scale_features(train_x)
-    train_x, test_x = train_x * scale, test_x * scale
-    classes = np.arange(args.classes)
-    train_y = np.where(train_labels[:, None] == classes, 1.0, -1.0)
-    test_y = np.where(test_labels[:, None] == classes, 1, -1)
+    train_x, train_y, test_x, test_y = problem(rng, args, dim)
 
     def fit_jax():
       return jax.block_until_ready(
@@ -93,9 +146,11 @@ def main() -> None:
         'objective_rel_diff_mean': float(rel_diff.mean()),
         'objective_rel_diff_max': float(np.abs(rel_diff).max()),
         'test_map_jax': test_map, 'test_map_sklearn': sk_test_map})
-  _common.print_json({'machine': _common.machine(),
-                      'jax_device': str(jax.devices()[0]),
-                      'results': results})
+  payload = {'machine': _common.machine(),
+             'jax_device': str(jax.devices()[0]), 'results': results}
+  if args.subsets_dim:
+    payload['subsets'] = subsets_section(rng, args)
+  _common.print_json(payload)
 
 
 if __name__ == '__main__':

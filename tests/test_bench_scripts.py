@@ -49,10 +49,13 @@ def test_freeze_drops_the_backward_convolutions():
 
 def test_svm_matches_sklearn():
   out = run_bench('bench_svm.py', '--dims', '16', '--n', '300', '--n-test',
-                  '100', '--classes', '3', '--runs', '1')
+                  '100', '--classes', '3', '--runs', '1', '--subsets-dim',
+                  '12')
   (row,) = out['results']
   assert row['speedup'] > 0
   assert abs(row['test_map_jax'] - row['test_map_sklearn']) < 0.02
+  assert out['subsets']['svms'] == 3 * len(out['subsets']['sizes'])
+  assert abs(out['subsets']['objective_rel_diff_mean']) < 1e-2
 
 
 def test_analysis_vectorised_equals_loops():
