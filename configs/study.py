@@ -55,14 +55,15 @@ Every detection cell runs at demo scale too (FC-FT and 50-50 nets
 included); `det_grid=reduced` keeps the pretrained and FT nets only. The
 report states that demo numbers are not comparable with the paper's.
 Measured (idle 2-core CPU, nothing cached: demo data generated, demo
-pretraining trained, 800-step finetunings), det_grid=reduced: 9.5 min
-wall, 16 CPU-minutes; per step pretrain 85 s (data generation included),
-net_ft 2.2 min (selective search on the 600 demo images included), net_fcft
-39 s, sun397_pretrained 5 s (measured apart), sun397_ft 33 s, sun397_fcft
-18 s, gtbox_cls 16 s, analyses 34 s in all, pascal_cls_ablations 19 s,
-pascal_cls_snapshots 11 s, the first detection cell of a net ~70 s (its
-proposal features), every other ~10 s.
-A rerun of a finished study: seconds.
+pretraining trained, 800-step finetunings), every detection cell: 11.2 min
+wall, 18 CPU-minutes; per step pretrain 80 s (data generation included),
+net_ft 95 s (selective search on the 600 demo images included), net_fcft
+36 s, net_fiftyfifty 64 s, sun397_pretrained 7 s, sun397_ft 28 s,
+sun397_fcft 14 s, gtbox_cls 12 s, analyses 24 s in all,
+pascal_cls_ablations 12 s, pascal_cls_snapshots 8 s, the first detection
+cell of a net ~1 min (its proposal features), every other ~10 s. Its
+report: every table and figure complete. A rerun of a finished study:
+seconds.
 
 Select steps with `only=` / `skip=` (`a+b`): a step name, a group (`net`,
 `sun397`, `analyses`, `pascal_cls`, `detect`) or a product (`table2.3`,
@@ -108,9 +109,9 @@ ANALYSES = (('entropy', ('table2.1', 'fig2-1', 'fig2-2')),
 FINETUNED = ('ft', 'fcft', 'fiftyfifty')
 # Seconds per step, for the ETA: measured demo figures on the shared 2-core
 # CPU, and one-GPU estimates at full scale.
-DEMO_SECONDS = {'pretrain': 90, 'net': 130, 'sun397': 35, 'sun397_probe': 5,
-                'gtbox_cls': 16, 'analyses': 10, 'pascal_cls': 20,
-                'detect_first': 70, 'detect': 11}
+DEMO_SECONDS = {'pretrain': 80, 'net': 65, 'sun397': 25, 'sun397_probe': 7,
+                'gtbox_cls': 12, 'analyses': 5, 'pascal_cls': 10,
+                'detect_first': 60, 'detect': 10}
 FULL_SECONDS = {'pretrain': 260_000, 'net': 25_000, 'sun397': 12_000,
                 'sun397_probe': 1_800, 'gtbox_cls': 3_600, 'analyses': 3_600,
                 'pascal_cls': 3_600, 'detect_first': 10_800, 'detect': 3_600}
