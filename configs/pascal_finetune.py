@@ -57,8 +57,10 @@ gain); the study's numbers need the full-size run.
 Args: mode, runlocal, init_from (required unless runlocal), init_step (-1 =
 the mode's default), voc ('devkit' | 'tfds' | 'demo'; '' = demo under
 runlocal, else devkit), devkit_dir (the VOCdevkit folder), data_dir (demo
-cache root), proposals_dir, proposals_mat, eval_split ('' for no
-evaluation), total_steps (0 = the mode's default).
+cache root), proposals_dir, proposals_mat, mean_path (Caffe's mean image,
+e.g. the imported weights' mean.npy, as the features are extracted with;
+'' = per-channel means), eval_split ('' for no evaluation), total_steps
+(0 = the mode's default).
 """
 
 
@@ -83,7 +85,7 @@ def get_config(arg=None):
   arg = config_lib.parse_arg(
       arg, mode='ft', runlocal=False, init_from='', init_step=-1, voc='',
       devkit_dir='', data_dir='', proposals_dir='', proposals_mat='',
-      eval_split='test', total_steps=0)
+      mean_path='', eval_split='test', total_steps=0)
   if arg.mode not in MODES:
     raise ValueError(f'mode={arg.mode!r}; valid: {", ".join(MODES)}')
   config = ml_collections.ConfigDict()
@@ -99,7 +101,7 @@ def get_config(arg=None):
       devkit_dir=arg.devkit_dir, data_dir=arg.data_dir)
   config.input = ml_collections.ConfigDict(dict(
       kind='voc_windows', split='trainval', batch_size=128, fg_fraction=0.25,
-      image_size=227, context=16, mean_path='',
+      image_size=227, context=16, mean_path=arg.mean_path,
       proposals_dir=arg.proposals_dir, proposals_mat=arg.proposals_mat,
       proposals_workers=2))
   config.eval = ml_collections.ConfigDict(dict(
@@ -175,6 +177,8 @@ def voc_experiment(arg: ml_collections.ConfigDict, net_names
     finetuning.data = data
     if not arg.runlocal:
       finetuning.init_from = arg.pretrained
+      # Trained on windows minus the mean its features are extracted with.
+      finetuning.input.mean_path = arg.mean_path
     if arg.proposals_mat:
       finetuning.input.proposals_mat = arg.proposals_mat
     finetune[mode] = finetuning

@@ -193,14 +193,15 @@ def get_config(arg=None):
       'classify', config_lib.load_sibling_config(
           __file__, 'sun397_probe.py',
           _args(runlocal=arg.runlocal, pretrained=arg.pretrained,
-                data_dir=arg.data_dir if arg.runlocal else arg.sun397_dir)),
+                data_dir=arg.data_dir if arg.runlocal else arg.sun397_dir,
+                mean_path=arg.mean_path)),
       workdir=os.path.join('sun397', 'pretrained'), produces=('table2.2',),
       seconds=seconds['sun397_probe'],
       what='SUN-397 linear SVMs on the pretrained fc7')
   for mode in ('ft', 'fcft'):
     sun = (f'mode={mode},runlocal,data_dir={arg.data_dir}' if arg.runlocal
            else f'mode={mode},init_from={arg.pretrained},'
-           f'data_dir={arg.sun397_dir}')
+           f'data_dir={arg.sun397_dir},mean_path={arg.mean_path}')
     steps[f'sun397_{mode}'] = _step(
         'train', config_lib.load_sibling_config(
             __file__, 'sun397_finetune.py', sun),

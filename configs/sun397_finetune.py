@@ -37,8 +37,9 @@ s; FC-FT 60.1% (top-5 92.5%; val 59.7%) in 30 s; the pretrained net's
 linear SVMs (configs/sun397_probe.py) 52.5%.
 
 Args: mode, runlocal, init_from (required unless runlocal), init_step (-1 =
-latest), data_dir (TFDS data dir, or the demo cache root), total_steps (0 =
-the default).
+latest), data_dir (TFDS data dir, or the demo cache root), mean_path
+(Caffe's mean image, e.g. the imported weights' mean.npy; '' = per-channel
+means), total_steps (0 = the default).
 """
 
 
@@ -56,7 +57,8 @@ PRETRAINING = config_lib.sibling_config_module(__file__,
 def get_config(arg=None):
   """The finetuning config of `mode`; see the module docstring."""
   arg = config_lib.parse_arg(arg, mode='ft', runlocal=False, init_from='',
-                             init_step=-1, data_dir='', total_steps=0)
+                             init_step=-1, data_dir='', mean_path='',
+                             total_steps=0)
   if arg.mode not in MODES:
     raise ValueError(f'mode={arg.mode!r}; valid: {", ".join(MODES)}')
   config = ml_collections.ConfigDict()
@@ -69,8 +71,8 @@ def get_config(arg=None):
   config.input = ml_collections.ConfigDict(dict(
       kind='classification', dataset='sun397', data_dir=arg.data_dir,
       split='train', batch_size=128, resize=256, image_size=227,
-      mean_path='', demo=dict(num_classes=24, per_class=60, image_size=64,
-                              seed=1)))
+      mean_path=arg.mean_path,
+      demo=dict(num_classes=24, per_class=60, image_size=64, seed=1)))
   config.eval = ml_collections.ConfigDict(dict(split='val', final_split='test',
                                                batch_size=128))
   config.eval_every = 5_000

@@ -35,7 +35,8 @@ study step, 13 s alone the first time (process start and the generation of
 the demo test split included). A rerun: the cached summary.
 
 Args: runlocal, pretrained (required unless runlocal), data_dir (TFDS data
-dir, or the demo cache root), layer (default fc7).
+dir, or the demo cache root), mean_path (as configs/sun397_finetune.py),
+layer (default fc7).
 """
 
 import ml_collections
@@ -49,10 +50,11 @@ FINETUNING = config_lib.sibling_config_module(__file__, 'sun397_finetune.py')
 def get_config(arg=None):
   """The SUN-397 probe config; see the module docstring."""
   arg = config_lib.parse_arg(arg, runlocal=False, pretrained='', data_dir='',
-                             layer='fc7')
+                             mean_path='', layer='fc7')
   finetune = FINETUNING.get_config(
       f'runlocal,data_dir={arg.data_dir}' if arg.runlocal
-      else f'init_from={arg.pretrained},data_dir={arg.data_dir}')
+      else f'init_from={arg.pretrained},data_dir={arg.data_dir},'
+      f'mean_path={arg.mean_path}')
   config = ml_collections.ConfigDict()
   config.task = 'classify'
   config.eval = 'sun397'

@@ -280,3 +280,17 @@ def test_eta_scales_expected_times_by_the_measured_speed(capsys):
   progress.finish('b', 20.0)  # twice as slow as expected
   progress.start(2, ['a', 'b', 'c'], 'third')
   assert capsys.readouterr().out.strip().endswith('ETA 0:00:40')
+
+
+def test_the_mean_image_reaches_every_net_trained_or_read():
+  """Imported weights come with Caffe's mean image: the finetunings train on
+  inputs minus that mean, as every feature is extracted with it."""
+  config = _study_config('devkit_dir=/d,pretrained=/p,mean_path=/m.npy,'
+                         'sun397_dir=/s')
+  steps = config.steps
+  for mode in ('ft', 'fcft', 'fiftyfifty'):
+    nets = steps[f'net_{mode}'].config.nets
+    assert nets.mean_path == '/m.npy'
+    assert nets.finetune[mode].input.mean_path == '/m.npy'
+  for name in ('sun397_ft', 'sun397_fcft', 'sun397_pretrained'):
+    assert steps[name].config.input.mean_path == '/m.npy'
