@@ -21,6 +21,8 @@ is recomputed when they change):
       pr.png, summary.json
   <workdir>/detect/<net>-<layer>-<ablation>-bboxreg/  regressor.npz,
       detections.npz and the same reports, with box regression
+  <workdir>/detect/chance.npz                AP of random scores on the test
+      proposals (`chance_mAP` in every summary.json), one per proposal set
 
 Each stage's wall time is logged and kept in summary.json (`seconds`).
 """
@@ -47,6 +49,7 @@ from cnnjax.data.voc import VocImage
 from cnnjax.detection import mining
 from cnnjax.detection import rcnn
 from cnnjax.features import cache as feature_cache
+from cnnjax.features import extract
 from cnnjax.reporting import tables
 
 # The layer and ablation of R-CNN's box regression.
@@ -215,10 +218,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         nms_threshold=config.test.nms_threshold))
 
   with stage('chance'):
+    # One per proposal set: every net, layer and ablation shares it.
     chance = stepcache.cached_arrays(
-        os.path.join(out_dir, 'chance.npz'),
+        os.path.join(workdir, 'detect', 'chance.npz'),
         lambda: chance_ap(test_reader, test, config.test),
-        test=stepcache.store_signature(test_store),
+        proposals=extract.sha256_of_arrays(test_boxes),
         test_config=config.test.to_dict())
 
   row = f'{net.name}/{layer}' + ('' if ablation == 'unroll' else f'/{ablation}')

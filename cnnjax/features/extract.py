@@ -169,7 +169,7 @@ def proposal_boxes(images: Sequence[VocImage],
 
 @functools.lru_cache(maxsize=None)
 def forward_fn(model_items: tuple, layers: tuple[str, ...],
-                mesh: jax.sharding.Mesh) -> Callable:
+               mesh: jax.sharding.Mesh) -> Callable:
   """The jitted data-parallel forward for one (model, layers, mesh), cached.
 
   Returning only `layers` lets XLA drop everything above the highest one.
