@@ -73,6 +73,9 @@ pretrained (an imported CaffeNet or a pretraining workdir), mean_path,
 proposals_mat (R-CNN's boxes for finetuning FT nets, `{split}` replaced).
 """
 
+import ml_collections
+
+from cnnjax import classify
 from cnnjax import config_lib
 from cnnjax.models import caffenet
 
@@ -126,9 +129,7 @@ def get_config(arg=None):
 
   config.extract = config_lib.parse_arg(
       '', layers=caffenet.STUDY_LAYERS, batch_size=256, encoding='float32')
-  config.svm = config_lib.parse_arg(
-      '', C=1e-3, pos_weight=2.0, bias_scale=10.0, tol=0.1, target_norm=20.0,
-      seed=0)
+  config.svm = ml_collections.ConfigDict(classify.SvmSettings()._asdict())
   if arg.runlocal:
     config.extract.batch_size = 64
   return config

@@ -41,6 +41,7 @@ layer (default fc7).
 
 import ml_collections
 
+from cnnjax import classify
 from cnnjax import config_lib
 from cnnjax import nets as nets_lib
 
@@ -66,8 +67,6 @@ def get_config(arg=None):
       input_size=finetune.input.image_size)
   config.extract = config_lib.parse_arg(
       '', batch_size=64 if arg.runlocal else 256)
-  # SPEC 4 (R-CNN's values), as configs/pascal_cls.py.
-  config.svm = config_lib.parse_arg(
-      '', C=1e-3, pos_weight=2.0, bias_scale=10.0, tol=0.1, target_norm=20.0,
-      seed=0)
+  # SPEC 4 (R-CNN's values).
+  config.svm = ml_collections.ConfigDict(classify.SvmSettings()._asdict())
   return config
