@@ -78,13 +78,20 @@ def parse_arg(arg: str | None, lazy: bool = False,
   return result
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON to `path` through a temp file + rename (never half a file)."""
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temp file + rename (never half a
+  file), creating the folder."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON to `path` atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True,
+                                     default=str))
 
 
 def sibling_config_module(anchor_file: str, name: str) -> Any:

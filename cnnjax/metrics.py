@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from cnnjax import config_lib
 from cnnjax.data import regions
 from cnnjax.data.voc import VOC_CLASSES, VocImage
 
@@ -242,14 +243,6 @@ def results_path(results_dir: str, comp: str, task: str, split: str,
   return os.path.join(results_dir, f'{comp}_{task}_{split}_{class_name}.txt')
 
 
-def _write_lines_atomic(path: str, lines: Sequence[str]) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.writelines(lines)
-  os.replace(tmp, path)
-
-
 def _number(value) -> str:
   # Shortest text that reads back as the same float: no ties are created or
   # broken by writing, so the AP of a file equals the AP in memory.
@@ -265,8 +258,8 @@ def write_cls_results(results_dir: str, class_name: str,
     raise ValueError(f'{class_name}: {len(image_ids)} image ids but '
                      f'{len(scores)} scores')
   path = results_path(results_dir, comp, 'cls', split, class_name)
-  _write_lines_atomic(path, [f'{i} {_number(s)}\n'
-                             for i, s in zip(image_ids, scores)])
+  config_lib.write_text_atomic(path, ''.join(
+      f'{i} {_number(s)}\n' for i, s in zip(image_ids, scores)))
   return path
 
 
@@ -291,9 +284,9 @@ def write_det_results(results_dir: str, class_name: str,
     raise ValueError(f'{class_name}: {len(image_ids)} image ids, '
                      f'{len(scores)} scores, {len(boxes)} boxes')
   path = results_path(results_dir, comp, 'det', split, class_name)
-  _write_lines_atomic(path, [
+  config_lib.write_text_atomic(path, ''.join(
       f'{i} {_number(s)} {" ".join(_number(v) for v in box)}\n'
-      for i, s, box in zip(image_ids, scores, boxes)])
+      for i, s, box in zip(image_ids, scores, boxes)))
   return path
 
 

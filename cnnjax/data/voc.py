@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from cnnjax import config_lib
 from cnnjax.data.images import decode_image
 
 __all__ = [
@@ -195,14 +196,6 @@ def cls_labels(images: Sequence[VocImage]) -> np.ndarray:
   return labels
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_voc_annotation(path: str, image_id: str, width: int, height: int,
                          boxes: np.ndarray, labels: np.ndarray,
                          difficult: np.ndarray,
@@ -250,7 +243,8 @@ def write_voc_annotation(path: str, image_id: str, width: int, height: int,
     for tag, value in zip(('xmin', 'ymin', 'xmax', 'ymax'), box):
       ET.SubElement(bndbox, tag).text = str(int(value))
   ET.indent(root, space='\t')
-  _atomic_write_text(path, ET.tostring(root, encoding='unicode') + '\n')
+  config_lib.write_text_atomic(
+      path, ET.tostring(root, encoding='unicode') + '\n')
 
 
 def write_image_sets(devkit_year_dir: str, splits: Mapping[str, Sequence[str]],
@@ -276,11 +270,11 @@ def write_image_sets(devkit_year_dir: str, splits: Mapping[str, Sequence[str]],
     if missing:
       raise ValueError(f'split {split!r} names ids without annotations: '
                        f'{missing[:5]}')
-    _atomic_write_text(os.path.join(main_dir, f'{split}.txt'),
+    config_lib.write_text_atomic(os.path.join(main_dir, f'{split}.txt'),
                        ''.join(f'{i}\n' for i in image_ids))
     labels = cls_labels([by_id[i] for i in image_ids])  # [N, 20]
     for c, name in enumerate(VOC_CLASSES):
-      _atomic_write_text(
+      config_lib.write_text_atomic(
           os.path.join(main_dir, f'{name}_{split}.txt'),
           ''.join(f'{i} {label:2d}\n'
                   for i, label in zip(image_ids, labels[:, c])))

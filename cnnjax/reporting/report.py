@@ -39,6 +39,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from markdown_it import MarkdownIt
 
+from cnnjax import config_lib
 from cnnjax.data.voc import VOC_CLASSES
 from cnnjax.models import caffenet
 from cnnjax.reporting import paper
@@ -517,9 +518,10 @@ def write_report(workdir: str) -> str:
   head += _step_status(workdir, record)
   text = '\n'.join(head + sections)
   os.makedirs(out_dir, exist_ok=True)
-  _write_atomic(os.path.join(out_dir, 'index.html'), html_page(text))
+  config_lib.write_text_atomic(os.path.join(out_dir, 'index.html'),
+                               html_page(text))
   path = os.path.join(out_dir, 'index.md')
-  _write_atomic(path, text)
+  config_lib.write_text_atomic(path, text)
   return path
 
 
@@ -540,13 +542,6 @@ def html_page(markdown_text: str) -> str:
           '<title>cnnjax report</title>'
           f'<style>{_HTML_STYLE}</style></head>\n<body>\n{body}'
           '</body></html>\n')
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -14,20 +14,13 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from cnnjax import config_lib
 from cnnjax.data.voc import VOC_CLASSES
 
 # The seeds' column heads for the VOC classes (Table 2.3 layout).
 SHORT_CLASS_NAMES = ('aero', 'bike', 'bird', 'boat', 'bottle', 'bus', 'car',
                      'cat', 'chair', 'cow', 'table', 'dog', 'horse', 'mbike',
                      'person', 'plant', 'sheep', 'sofa', 'train', 'tv')
-
-
-def _atomic_write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _cell(value, digits: int) -> str:
@@ -60,9 +53,9 @@ def write_table(path_stem: str, rows: Mapping[str, Mapping[str, object]],
   for name, values in rows.items():
     writer.writerow([name, *('' if values.get(c) is None else values.get(c)
                              for c in columns)])
-  _atomic_write(path_stem + '.csv', buffer.getvalue())
+  config_lib.write_text_atomic(path_stem + '.csv', buffer.getvalue())
   heading = f'**{title}**\n\n' if title else ''
-  _atomic_write(path_stem + '.md',
+  config_lib.write_text_atomic(path_stem + '.md',
                 heading + markdown_table(rows, columns, row_header, digits))
   return path_stem + '.csv', path_stem + '.md'
 
